@@ -1,0 +1,130 @@
+//! Configuration: [`Builder`] and its defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::signals::{self, SignalAction};
+use crate::{Handover, Result};
+
+/// Configures a [`Handover`]. Every setting has a default that suits a typical
+/// server; [`Handover::new`] uses them all.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let handover = handover::Handover::builder()
+///     .ready_timeout(Duration::from_secs(10))
+///     .drain_timeout(Duration::from_secs(5))
+///     .pid_file("/run/app.pid")
+///     .build()?;
+/// # Ok::<(), handover::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(crate) ready_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) backlog: i32,
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) args: Option<Vec<OsString>>,
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) signals: Vec<(i32, SignalAction)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            ready_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            pid_file: None,
+            backlog: 1024,
+            program: None,
+            args: None,
+            env: Vec::new(),
+            signals: signals::default_table(),
+        }
+    }
+}
+
+impl Builder {
+    /// How long a successor may take to send `READY=1` before it is killed and the
+    /// upgrade rolled back. Default 60 s.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a drain may last before the remaining connections are closed.
+    /// Default 30 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Keep the current process's pid in this file. Default: no PID file.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Listen backlog of freshly bound stream sockets. Default 1024.
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// The executable an upgrade starts. Default: this process's executable path
+    /// as it was at start (so a new binary renamed into place is picked up).
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// The successor's argv, including argv\[0\]. Default: this process's argv.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets a variable in the successor's environment (default: this process's
+    /// environment).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes a variable from the successor's environment.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// What `signal` does (see [`crate::signals`] for the defaults).
+    /// [`SignalAction::Default`] leaves it alone.
+    pub fn signal(mut self, signal: i32, action: SignalAction) -> Self {
+        self.signals.retain(|(s, _)| *s != signal);
+        self.signals.push((signal, action));
+        self
+    }
+
+    /// Handles no signal at all; the application calls [`Handover::upgrade`] and
+    /// [`Handover::stop`] itself.
+    pub fn no_signals(mut self) -> Self {
+        self.signals.clear();
+        self
+    }
+
+    /// Reads what this process inherited (sockets from a parent or from systemd),
+    /// and installs the signal handlers.
+    ///
+    /// Fails with a clear error on a malformed `LISTEN_FDS` / `LISTEN_FDNAMES` /
+    /// `HANDOVER_*` environment; ignores `LISTEN_FDS` meant for another pid.
+    pub fn build(self) -> Result<Handover> {
+        Handover::from_builder(self)
+    }
+}

@@ -1,0 +1,129 @@
+//! `sd_notify` both ways.
+//!
+//! - Sending: a process tells its parent (successor → parent: `READY=1`) or the
+//!   service manager (`READY=1`, `RELOADING=1`, `MAINPID=…`, `STOPPING=1`) about
+//!   its state. Messages are the sd-notify crate's [`NotifyState`]s, sent to an
+//!   explicit socket path (the crate itself only reads `NOTIFY_SOCKET`, which a
+//!   successor must not confuse with the service manager's).
+//! - Receiving: for each upgrade the parent binds a private datagram socket in a
+//!   fresh 0700 directory, passes its path to the successor as `NOTIFY_SOCKET`, and
+//!   waits on it for `READY=1`.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use sd_notify::NotifyState;
+
+use crate::protocol::message::{Message, MessageError, MAX_MESSAGE_LEN};
+
+/// Sends one datagram of `states` to the notify socket at `target` (a path, or
+/// `@name` for a Linux abstract socket).
+pub(crate) fn send(target: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
+    let text: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let socket = UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        socket.send_to_addr(text.as_bytes(), &addr)?;
+        return Ok(());
+    }
+    let _ = bytes;
+    socket.send_to(text.as_bytes(), target)?;
+    Ok(())
+}
+
+/// The service manager's notify socket, if the first process had one. Messages to
+/// it are best effort: a failure is logged, never fatal.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Upstream(pub(crate) Option<OsString>);
+
+impl Upstream {
+    pub(crate) fn notify(&self, states: &[NotifyState<'_>]) {
+        if let Some(target) = &self.0 {
+            if let Err(error) = send(target, states) {
+                tracing::warn!(%error, ?states, "cannot notify the service manager");
+            }
+        }
+    }
+}
+
+/// A private notify socket that one successor reports to.
+pub(crate) struct NotifyReceiver {
+    socket: UnixDatagram,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl NotifyReceiver {
+    /// Binds a fresh socket in a new 0700 directory under `$XDG_RUNTIME_DIR`, or
+    /// the temporary directory.
+    pub(crate) fn create() -> io::Result<Self> {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "handover-{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        }
+        let path = dir.join("notify");
+        let socket = UnixDatagram::bind(&path).inspect_err(|_| {
+            let _ = std::fs::remove_dir(&dir);
+        })?;
+        Ok(NotifyReceiver { socket, dir, path })
+    }
+
+    /// The path to give the successor as `NOTIFY_SOCKET`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `timeout` for one datagram. `Ok(None)` on timeout.
+    pub(crate) fn recv(&self, timeout: Duration) -> io::Result<Option<Result<Message, MessageError>>> {
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Ok(Some(Message::parse(&buf[..n]))),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for NotifyReceiver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receives_what_is_sent() {
+        let receiver = NotifyReceiver::create().unwrap();
+        send(receiver.path().as_os_str(), &[NotifyState::Ready, NotifyState::Status("up")]).unwrap();
+        let msg = receiver.recv(Duration::from_secs(5)).unwrap().unwrap().unwrap();
+        assert!(msg.is_ready());
+        assert_eq!(msg.get("STATUS"), Some("up"));
+        assert!(receiver.recv(Duration::from_millis(10)).unwrap().is_none());
+        let dir = receiver.dir.clone();
+        drop(receiver);
+        assert!(!dir.exists(), "the private directory is removed");
+    }
+}

@@ -1,0 +1,194 @@
+//! Named sockets: the application asks by name, and gets the inherited socket of
+//! that name if there is one, or a freshly bound one.
+//!
+//! Names, not addresses, are the key, so two sockets on one address (TCP and UDP
+//! on port 53, say) are two entries, and a new version may move a name to another
+//! address:
+//!
+//! | inherited socket named N | asked for N at A | result |
+//! |---|---|---|
+//! | none | A | bind A |
+//! | from the parent, bound at A | A | the very same socket (same accept queue) |
+//! | from the parent, bound elsewhere | A | bind A; the old one stays unclaimed |
+//! | from systemd, bound elsewhere | A | systemd's socket (its unit is the authority), with a warning |
+//! | of another type (UDP for a TCP listener, a file, …) | A | error |
+//!
+//! Port 0 in A matches any port, so `127.0.0.1:0` keeps the port it got first.
+//! Sockets inherited but not claimed by [`crate::Handover::ready`] are closed, and
+//! the log says which.
+
+mod bind;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::protocol::env::InheritedFd;
+use crate::{Error, Result};
+
+/// What kind of socket a name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// A listening TCP socket.
+    TcpListener,
+    /// A bound UDP socket.
+    Udp,
+    /// A listening Unix-domain stream socket.
+    UnixListener,
+}
+
+impl fmt::Display for SocketKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SocketKind::TcpListener => "TCP listener",
+            SocketKind::Udp => "UDP socket",
+            SocketKind::UnixListener => "Unix listener",
+        })
+    }
+}
+
+/// Where a socket is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// An IPv4 or IPv6 address and port.
+    Inet(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// Whether a socket bound at `self` serves a request for `wanted`.
+    fn serves(&self, wanted: &Address) -> bool {
+        match (self, wanted) {
+            (Address::Inet(have), Address::Inet(want)) => {
+                have.ip() == want.ip() && (want.port() == 0 || have.port() == want.port())
+            }
+            (Address::Unix(have), Address::Unix(want)) => have == want,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Where inherited sockets came from; decides what an address change means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Parent,
+    ServiceManager,
+}
+
+struct Claimed {
+    name: String,
+    fd: OwnedFd,
+}
+
+/// The process's named sockets: inherited ones not yet claimed, and claimed ones,
+/// whose copies are kept here to hand to a successor.
+pub(crate) struct Registry {
+    unclaimed: Vec<InheritedFd>,
+    source: Source,
+    claimed: Vec<Claimed>,
+    backlog: i32,
+    sealed: bool,
+}
+
+impl Registry {
+    pub(crate) fn new(inherited: Vec<InheritedFd>, source: Source, backlog: i32) -> Self {
+        Registry {
+            unclaimed: inherited,
+            source,
+            claimed: Vec::new(),
+            backlog,
+            sealed: false,
+        }
+    }
+
+    /// Returns the socket named `name` (a new descriptor the caller owns).
+    pub(crate) fn claim(&mut self, name: &str, kind: SocketKind, wanted: &Address) -> Result<OwnedFd> {
+        if self.sealed {
+            return Err(Error::ClaimAfterReady(name.to_owned()));
+        }
+        if self.claimed.iter().any(|c| c.name == name) {
+            return Err(Error::DuplicateName(name.to_owned()));
+        }
+        let fd = match self.take_inherited(name, kind, wanted)? {
+            Some(fd) => fd,
+            None => bind::bind(kind, wanted, self.backlog).map_err(|source| Error::Bind {
+                name: name.to_owned(),
+                address: wanted.to_string(),
+                source,
+            })?,
+        };
+        let copy = fd
+            .try_clone()
+            .map_err(|e| Error::io(format!("duplicating socket {name:?}"), e))?;
+        self.claimed.push(Claimed {
+            name: name.to_owned(),
+            fd,
+        });
+        Ok(copy)
+    }
+
+    fn take_inherited(&mut self, name: &str, kind: SocketKind, wanted: &Address) -> Result<Option<OwnedFd>> {
+        let mut candidates = Vec::new();
+        for (index, inherited) in self.unclaimed.iter().enumerate() {
+            if inherited.name != name {
+                continue;
+            }
+            let address = bind::inspect(&inherited.fd, kind).map_err(|problem| Error::InheritedSocket {
+                name: name.to_owned(),
+                fd: inherited.number,
+                problem,
+            })?;
+            candidates.push((index, address));
+        }
+        let chosen = match candidates.iter().find(|(_, address)| address.serves(wanted)) {
+            Some((index, _)) => *index,
+            None => match (candidates.first(), self.source) {
+                (None, _) => return Ok(None),
+                (Some((_, have)), Source::Parent) => {
+                    tracing::warn!(name, from = %have, to = %wanted, "socket address changed; binding anew");
+                    return Ok(None);
+                }
+                (Some((index, have)), Source::ServiceManager) => {
+                    tracing::warn!(name, inherited = %have, configured = %wanted,
+                        "using the service manager's socket, whose address differs from the configured one");
+                    *index
+                }
+            },
+        };
+        let inherited = self.unclaimed.remove(chosen);
+        tracing::debug!(name, fd = inherited.number, "claimed inherited socket");
+        Ok(Some(inherited.fd))
+    }
+
+    /// Closes inherited sockets nobody claimed, and refuses later claims.
+    /// Returns the names closed.
+    pub(crate) fn seal(&mut self) -> Vec<String> {
+        self.sealed = true;
+        let closed: Vec<String> = self.unclaimed.drain(..).map(|s| s.name).collect();
+        for name in &closed {
+            tracing::info!(name, "inherited socket was not claimed; closed it");
+        }
+        closed
+    }
+
+    /// The sockets to hand to a successor, in a stable order.
+    pub(crate) fn handoff(&self) -> Vec<(&str, BorrowedFd<'_>)> {
+        self.claimed.iter().map(|c| (c.name.as_str(), c.fd.as_fd())).collect()
+    }
+
+    /// Drops this process's copies (after a successor took over).
+    pub(crate) fn release(&mut self) {
+        self.claimed.clear();
+    }
+}

@@ -1,0 +1,208 @@
+//! The only module with `unsafe` code.
+//!
+//! Two things here have no safe API:
+//!
+//! 1. **Adopting inherited descriptors.** LISTEN_FDS says "fds 3, 4, … are yours";
+//!    turning such a number into an [`OwnedFd`] is an ownership claim the compiler
+//!    cannot check. [`adopt_inherited_fd`] checks that the number is open and makes
+//!    sure each number is adopted at most once per process.
+//! 2. **Starting the successor.** The successor must find its sockets at fds 3, 4, …
+//!    and `LISTEN_PID` must equal *its own* pid, which exists only after `fork`.
+//!    `std::process::Command` cannot write the child's pid into its environment, so
+//!    [`fork_exec`] forks and execs itself. Between `fork` and `execve` the child
+//!    runs only async-signal-safe calls on memory prepared before the fork.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use rustix::io::FdFlags;
+use rustix::process::Pid;
+
+/// Fd numbers already adopted by this process, so that two readers of the same
+/// environment cannot both close the same number.
+static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Takes ownership of an fd number handed to this process (LISTEN_FDS convention)
+/// and marks it close-on-exec, as `sd_listen_fds(3)` does.
+///
+/// Fails if the number is not an open descriptor, or was adopted before.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    if fd < 0 || adopted.contains(&fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; any integer is a valid argument.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the number is open (F_GETFD succeeded), the process was told by its
+    // starter that it owns it, and `ADOPTED` guarantees no second OwnedFd for it
+    // is ever created by this crate.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    adopted.push(fd);
+    rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
+
+/// What the successor is started with.
+pub(crate) struct ExecRequest<'a> {
+    /// Path of the executable.
+    pub program: &'a CStr,
+    /// Full argv, including argv[0].
+    pub argv: &'a [CString],
+    /// Full environment as `KEY=VALUE`, without `LISTEN_PID`.
+    pub envp: &'a [CString],
+    /// Descriptors that become fds 3, 4, … in the child, in order.
+    pub fds: &'a [BorrowedFd<'a>],
+    /// Whether to add `LISTEN_PID=<child pid>` to the environment.
+    pub set_listen_pid: bool,
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Forks and execs `req.program`. Returns the child's pid once `execve` succeeded,
+/// or the error `execve` (or an fd move) gave, after reaping the failed child.
+pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
+    let first_free = 3 + req.fds.len() as RawFd;
+    // Every fd the child still needs after the moves lives at or above `first_free`,
+    // so moving fd k to 3 + k can never overwrite one of them.
+    let sources = req
+        .fds
+        .iter()
+        .map(|fd| Ok(rustix::io::fcntl_dupfd_cloexec(fd, first_free)?))
+        .collect::<io::Result<Vec<OwnedFd>>>()?;
+    let (report_read, report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let report_write = rustix::io::fcntl_dupfd_cloexec(&report_write, first_free)?;
+
+    // All memory the child touches is prepared here, before the fork.
+    let mut pid_entry = LISTEN_PID_PREFIX.to_vec();
+    pid_entry.resize(LISTEN_PID_PREFIX.len() + 24, 0);
+    let mut envp: Vec<*const libc::c_char> = req.envp.iter().map(|e| e.as_ptr()).collect();
+    if req.set_listen_pid {
+        envp.push(pid_entry.as_ptr().cast());
+    }
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = req.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let source_raw: Vec<RawFd> = sources.iter().map(|fd| fd.as_raw_fd()).collect();
+    let pid_digits = pid_entry[LISTEN_PID_PREFIX.len()..].as_mut_ptr();
+    let report_raw = report_write.as_raw_fd();
+
+    // SAFETY: fork has no memory-safety preconditions of its own; what matters is
+    // what the child does before execve, see `child_after_fork`.
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of a fork; every pointer was built above, is
+        // alive (this is a copy of the parent's memory) and NUL-terminated.
+        unsafe {
+            child_after_fork(
+                &source_raw,
+                pid_digits,
+                req.program.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                report_raw,
+            )
+        }
+    }
+    drop(report_write);
+    drop(sources);
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned pid 0"))?;
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    while got < errno.len() {
+        match rustix::io::read(&report_read, &mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if got == 0 {
+        // The write end was closed by a successful execve (it is close-on-exec).
+        return Ok(pid);
+    }
+    // The child failed before or in execve and exits at once: reap it.
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+}
+
+/// Runs in the forked child: moves the fds into place, writes LISTEN_PID, resets
+/// the signal state Rust changed, and execs. Never returns.
+///
+/// # Safety
+///
+/// Must only be called in a freshly forked child, with pointers prepared by
+/// [`fork_exec`]. Only async-signal-safe functions are called and nothing allocates.
+unsafe fn child_after_fork(
+    sources: &[RawFd],
+    pid_digits: *mut u8,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    report: RawFd,
+) -> ! {
+    fn fail(report: RawFd) -> ! {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: writing a local buffer to an fd we own; then leaving without
+        // running any destructor or atexit handler of the parent's copy.
+        unsafe {
+            libc::write(report, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        }
+    }
+    for (k, &source) in sources.iter().enumerate() {
+        // SAFETY: dup2 on numbers we own in this child; the target is below every
+        // source (see fork_exec), and dup2 clears FD_CLOEXEC on the target.
+        if unsafe { libc::dup2(source, 3 + k as RawFd) } == -1 {
+            fail(report);
+        }
+    }
+    // Belt and braces against fds some library opened without O_CLOEXEC: mark
+    // everything above the handed-over sockets close-on-exec (Linux >= 5.11;
+    // older kernels say ENOSYS/EINVAL and we rely on O_CLOEXEC discipline alone).
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range with CLOEXEC only changes flags; no fd is closed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 + sources.len() as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+    // SAFETY: getpid is async-signal-safe; pid_digits points at 24 writable bytes.
+    unsafe {
+        let mut pid = libc::getpid() as u64;
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            *pid_digits.add(i) = digits[n - 1 - i];
+        }
+        *pid_digits.add(n) = 0;
+    }
+    // SAFETY: resetting the signal mask and SIGPIPE (ignored by the Rust runtime,
+    // and ignored dispositions survive execve) to what a fresh program expects.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::execve(program, argv, envp);
+    }
+    fail(report)
+}

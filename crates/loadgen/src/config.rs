@@ -1,0 +1,124 @@
+//! Run configuration: where to send load, how much, and how.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How workers use TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Each worker reuses one connection for successive requests (HTTP/1.1
+    /// persistent connections). A new connection is opened only for the first
+    /// request, after a failure, or after the server announced `Connection: close`.
+    KeepAlive,
+    /// Every request opens a new TCP connection and sends `Connection: close`.
+    Close,
+    /// Workers with an even index behave as [`Mode::KeepAlive`], odd ones as
+    /// [`Mode::Close`].
+    Mixed,
+}
+
+impl Mode {
+    /// Whether worker number `worker` keeps its connection alive in this mode.
+    pub fn keep_alive_for(self, worker: usize) -> bool {
+        match self {
+            Mode::KeepAlive => true,
+            Mode::Close => false,
+            Mode::Mixed => worker % 2 == 0,
+        }
+    }
+}
+
+/// Configuration of one load run.
+///
+/// Build it with [`LoadConfig::new`] and adjust it with the builder-style
+/// setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use handover_loadgen::{LoadConfig, Mode};
+///
+/// let config = LoadConfig::new("127.0.0.1:8080".parse().unwrap())
+///     .connections(8)
+///     .mode(Mode::Mixed)
+///     .duration(Duration::from_secs(10))
+///     .max_requests(10_000);
+/// assert_eq!(config.path, "/");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Server address to connect to.
+    pub addr: SocketAddr,
+    /// Request target sent in the request line (default `/`).
+    pub path: String,
+    /// Number of concurrent workers; each has at most one connection open.
+    pub connections: usize,
+    /// Connection usage pattern.
+    pub mode: Mode,
+    /// The run stops starting new requests once this much time has passed.
+    pub duration: Duration,
+    /// Cap on the total number of attempts across all workers.
+    pub max_requests: Option<u64>,
+    /// Bound on one whole attempt (connect + write + complete response).
+    pub request_timeout: Duration,
+    /// Bound on establishing a TCP connection.
+    pub connect_timeout: Duration,
+}
+
+impl LoadConfig {
+    /// Defaults: path `/`, 1 connection, [`Mode::KeepAlive`], 10 s duration,
+    /// no request cap, 5 s request timeout, 2 s connect timeout.
+    pub fn new(addr: SocketAddr) -> Self {
+        LoadConfig {
+            addr,
+            path: "/".to_owned(),
+            connections: 1,
+            mode: Mode::KeepAlive,
+            duration: Duration::from_secs(10),
+            max_requests: None,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets the request target (e.g. `/slow?ms=100`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Sets the number of concurrent workers.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
+        self
+    }
+
+    /// Sets the connection usage pattern.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets how long new requests are started.
+    pub fn duration(mut self, duration: Duration) -> Self {
+        self.duration = duration;
+        self
+    }
+
+    /// Caps the total number of attempts across all workers.
+    pub fn max_requests(mut self, max_requests: u64) -> Self {
+        self.max_requests = Some(max_requests);
+        self
+    }
+
+    /// Sets the bound on one whole attempt.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the bound on establishing a connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}

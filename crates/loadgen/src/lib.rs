@@ -1,0 +1,123 @@
+//! `handover-loadgen`: an HTTP/1.1 load generator that counts every failure.
+//!
+//! It drives a server with `GET` requests from a number of concurrent workers
+//! while the server is being upgraded, and records one [`Sample`] per attempt.
+//! It is built to *detect* dropped requests, so:
+//!
+//! * it never retries: every attempt is counted exactly once, as a success or
+//!   as one [`FailureKind`] (`Refused`, `Reset`, `Eof`, `Timeout`,
+//!   `BadStatus`, `Malformed`, `Other`);
+//! * the HTTP/1.1 client is hand-written over a plain TCP stream, so failures
+//!   are observed directly, not through a pool that may hide them;
+//! * a keep-alive worker writes its next request straight onto its existing
+//!   connection without probing it first, so a server closing an idle
+//!   keep-alive connection shows up as a failure.
+//!
+//! Runs are bounded by [`LoadConfig::duration`] and optionally
+//! [`LoadConfig::max_requests`]; attempts in flight when the run stops are
+//! allowed to finish (bounded by the request timeout) and are counted.
+//!
+//! Use [`run`] / [`run_until`] from async code, or [`LoadThread`] from
+//! synchronous tests.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::time::Duration;
+//! use handover_loadgen::{run, LoadConfig, Mode};
+//!
+//! let config = LoadConfig::new("127.0.0.1:8080".parse().unwrap())
+//!     .connections(4)
+//!     .mode(Mode::Mixed)
+//!     .duration(Duration::from_secs(2));
+//! let report = run(config).await;
+//! assert_eq!(report.failure_count(), 0, "{:?}", report.first_failures(5));
+//! println!("{}", report.summary());
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod http;
+mod outcome;
+mod report;
+mod stats;
+mod thread;
+mod worker;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+pub use config::{LoadConfig, Mode};
+pub use http::MAX_HEAD_BYTES;
+pub use outcome::{Failure, FailureKind, Outcome, Sample};
+pub use report::Report;
+pub use stats::LiveStats;
+pub use thread::LoadThread;
+
+/// Runs load until the configured duration or request cap is reached.
+pub async fn run(config: LoadConfig) -> Report {
+    run_observed(config, std::future::pending(), LiveStats::new()).await
+}
+
+/// Like [`run`], but also stops (early) as soon as `stop` completes.
+pub async fn run_until(config: LoadConfig, stop: impl Future<Output = ()>) -> Report {
+    run_observed(config, stop, LiveStats::new()).await
+}
+
+/// Like [`run_until`], additionally updating `stats` as attempts complete,
+/// so progress can be observed while the run is in progress.
+///
+/// # Panics
+///
+/// Must be called within a tokio runtime (workers are spawned as tasks).
+pub async fn run_observed(
+    config: LoadConfig,
+    stop: impl Future<Output = ()>,
+    stats: LiveStats,
+) -> Report {
+    let started = Instant::now();
+    let shared = Arc::new(worker::Shared {
+        deadline: started.checked_add(config.duration),
+        config,
+        started,
+        stop: AtomicBool::new(false),
+        issued: AtomicU64::new(0),
+        stats,
+    });
+    let mut workers = JoinSet::new();
+    for index in 0..shared.config.connections {
+        let shared = Arc::clone(&shared);
+        workers.spawn(async move { worker::worker(&shared, index).await });
+    }
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    let mut samples = Vec::new();
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                Some(Ok(worker_samples)) => samples.extend(worker_samples),
+                Some(Err(err)) => match err.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(err) => panic!("load worker task failed: {err}"),
+                },
+                None => break,
+            },
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    samples.sort_by_key(|s| s.start);
+    Report {
+        config: shared.config.clone(),
+        elapsed: started.elapsed(),
+        samples,
+    }
+}
