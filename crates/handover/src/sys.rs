@@ -73,8 +73,11 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
         .iter()
         .map(|fd| Ok(rustix::io::fcntl_dupfd_cloexec(fd, first_free)?))
         .collect::<io::Result<Vec<OwnedFd>>>()?;
-    let (report_read, report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let report_write = rustix::io::fcntl_dupfd_cloexec(&report_write, first_free)?;
+    let (report_read, low_report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let report_write = rustix::io::fcntl_dupfd_cloexec(&low_report_write, first_free)?;
+    // Only the copy above `first_free` may stay open, or the parent's read below
+    // would never see end-of-file.
+    drop(low_report_write);
 
     // All memory the child touches is prepared here, before the fork.
     let mut pid_entry = LISTEN_PID_PREFIX.to_vec();

@@ -1,0 +1,153 @@
+//! `hello`: an example HTTP server on the handover library.
+//!
+//! `GET /` answers 200 with the serving process's pid and generation (also in the
+//! `x-pid` and `x-generation` headers); `GET /slow?ms=N` answers the same after N
+//! milliseconds. `kill -HUP $(cat hello.pid)` upgrades it with no failed request;
+//! `--startup-delay` simulates a server that needs seconds to start.
+//!
+//! ```text
+//! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid
+//! ```
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use handover::{http, Handover};
+
+/// Example HTTP server that upgrades itself on SIGHUP with zero failed requests.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to serve on, as ADDR or NAME=ADDR (the name defaults to "web");
+    /// repeat for several sockets.
+    #[arg(long = "listen", value_name = "[NAME=]ADDR", default_value = "127.0.0.1:8080")]
+    listen: Vec<String>,
+    /// Simulated initialisation time before the server is ready.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    startup_delay: Duration,
+    /// Keep the current process's pid in this file.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// How long a new version may take to become ready before it is rolled back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    ready_timeout: Duration,
+    /// How long draining connections may take before they are closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hello: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hello: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), handover::Error> {
+    let mut builder = Handover::builder()
+        .ready_timeout(args.ready_timeout)
+        .drain_timeout(args.drain_timeout);
+    if let Some(path) = &args.pid_file {
+        builder = builder.pid_file(path);
+    }
+    let handover = builder.build()?;
+    let pid = std::process::id();
+    let generation = handover.generation();
+    let _span = tracing::info_span!("hello", pid, generation).entered();
+
+    let mut listeners = Vec::new();
+    for spec in &args.listen {
+        let (name, addr) = spec.split_once('=').unwrap_or(("web", spec));
+        let listener = handover.tokio_tcp_listener(name, addr)?;
+        let local = listener.local_addr().map_err(|e| handover::Error::Io {
+            context: "reading the local address".into(),
+            source: e,
+        })?;
+        println!("listening on http://{local} name={name} pid={pid} generation={generation}");
+        listeners.push(listener);
+    }
+
+    if !args.startup_delay.is_zero() {
+        tracing::info!(delay = ?args.startup_delay, "initialising");
+        tokio::time::sleep(args.startup_delay).await;
+    }
+
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let handover = handover.clone();
+            tokio::spawn(async move {
+                http::serve(listener, &handover, move |request| respond(request, pid, generation))
+                    .await
+            })
+        })
+        .collect();
+    if let Err(error) = handover.ready() {
+        tracing::error!(%error, "could not report readiness; serving anyway");
+    }
+    for server in servers {
+        match server.await {
+            Ok(summary) => tracing::info!(reason = %summary.reason,
+                closed_at_deadline = summary.closed_at_deadline, "server finished"),
+            Err(error) => tracing::error!(%error, "server task failed"),
+        }
+    }
+    Ok(())
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    pid: u32,
+    generation: u64,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let status = match request.uri().path() {
+        "/" => StatusCode::OK,
+        "/slow" => {
+            let ms = query_ms(request.uri().query()).unwrap_or(1000).min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::OK
+        }
+        _ => StatusCode::NOT_FOUND,
+    };
+    let body = format!("hello from pid={pid} generation={generation}\n");
+    Ok(Response::builder()
+        .status(status)
+        .header("x-pid", pid)
+        .header("x-generation", generation)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static headers are valid"))
+}
+
+fn query_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+}
