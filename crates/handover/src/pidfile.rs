@@ -1,5 +1,6 @@
 //! The PID file: written atomically (write a temporary file, then rename) by
 //! whichever process is current, so a reader never sees a half-written pid.
+//! No fsync: the file describes running processes, which a crash ends anyway.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -15,7 +16,6 @@ pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
     let result = (|| {
         let mut file = std::fs::File::create(&temporary)?;
         writeln!(file, "{pid}")?;
-        file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();
     if result.is_err() {

@@ -15,8 +15,9 @@
 //! accept gap. Only one upgrade runs at a time; a second request gets
 //! [`Error::UpgradeInProgress`]. On rollback the old process never stopped
 //! accepting, so it simply goes on. On commit it writes the successor's pid to the
-//! PID file, tells systemd `MAINPID=<successor>` + `READY=1`, drops its copies of
-//! the sockets and issues the drain order.
+//! PID file, tells systemd `MAINPID=<successor>` + `READY=1`, and only then issues
+//! the drain order (after which the application may exit at any moment) and drops
+//! its copies of the sockets.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -176,6 +177,13 @@ fn commit(inner: &Inner, successor: Successor, took: Duration) -> Result<u32> {
             why: SuccessorFailure::Aborted,
         });
     }
+    // Everything that must outlive this process happens before the drain order:
+    // once drained, the application may exit at any moment. systemd in
+    // particular must learn the new main pid before the old one exits.
+    if let Some(path) = &inner.config.pid_file {
+        write_pid_file(path, pid);
+    }
+    inner.upstream.notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
     let reason = DrainReason::Upgraded { successor: pid };
     *phase = Phase::Draining(reason);
     inner.drain.issue(DrainOrder {
@@ -184,10 +192,6 @@ fn commit(inner: &Inner, successor: Successor, took: Duration) -> Result<u32> {
     });
     drop(phase);
     inner.registry().release();
-    if let Some(path) = &inner.config.pid_file {
-        write_pid_file(path, pid);
-    }
-    inner.upstream.notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
     tracing::info!(successor = pid, ready_after = ?took, "upgrade committed; draining");
     Ok(pid)
 }

@@ -1,0 +1,316 @@
+//! Shared test support: start `hello` from a private copy of its binary, upgrade
+//! it, find its processes and fds through /proc, and end everything by pid.
+//!
+//! The test process makes itself a child subreaper, so every generation of the
+//! server (each one the child of the previous) ends up as our child once its parent
+//! exits: we can reap them all and no zombie or stray process outlives a test.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, WaitOptions};
+
+/// Waits for `condition` to hold, checking every 5 ms, up to `timeout`.
+/// Panics with `what` if it never does.
+pub fn wait_until<T>(what: &str, timeout: Duration, condition: impl FnMut() -> Option<T>) -> T {
+    try_wait_until(timeout, condition).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Like [`wait_until`], but `None` on timeout.
+pub fn try_wait_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A private directory removed at drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hello-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `hello` and all the pids it has had.
+pub struct Server {
+    pub scratch: Scratch,
+    pub exe: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+    pub addr: SocketAddr,
+    pub pids: Vec<u32>,
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `hello --listen 127.0.0.1:0 --pid-file … EXTRA` from a private copy of
+    /// the binary and waits until it is ready (its PID file exists).
+    pub fn start(label: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Server::start_with_args(label, &args)
+    }
+
+    pub fn start_with_args(label: &str, args: &[&str]) -> Server {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        let scratch = Scratch::new(label);
+        let exe = scratch.path("hello");
+        std::fs::copy(env!("CARGO_BIN_EXE_hello"), &exe).unwrap();
+        let pid_file = scratch.path("hello.pid");
+        let log = scratch.path("hello.log");
+        let mut child = Command::new(&exe)
+            .args(args)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let (send, stdout) = mpsc::channel();
+        let pid = child.id();
+        let pipe = child.stdout.take().unwrap();
+        // Reaped through waitpid in `exited`, like every later generation.
+        drop(child);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            scratch,
+            exe,
+            pid_file,
+            log,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            pids: vec![pid],
+            stdout,
+        };
+        let first = server
+            .stdout
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("hello printed nothing; log:\n{}", server.log_text()));
+        server.addr = first
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        wait_until("the first process to be ready", Duration::from_secs(30), || {
+            (server.current_pid() == Some(pid)).then_some(())
+        });
+        server
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn current_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// Sends SIGHUP to the current process and waits until the PID file names a
+    /// new one; returns (old pid, new pid).
+    pub fn upgrade(&mut self) -> (u32, u32) {
+        let old = self.current_pid().expect("a current pid");
+        signal(old, Signal::HUP);
+        let new = try_wait_until(Duration::from_secs(60), || self.current_pid().filter(|&pid| pid != old))
+            .unwrap_or_else(|| panic!("no successor committed; server log:\n{}", self.log_text()));
+        self.pids.push(new);
+        (old, new)
+    }
+
+    /// Waits until `pid` has exited (reaping it if it is our child).
+    pub fn wait_exit(&self, pid: u32, timeout: Duration) {
+        wait_until(&format!("pid {pid} to exit"), timeout, || exited(pid).then_some(()));
+    }
+
+    /// Live (non-zombie) processes running this server's binary.
+    pub fn live_processes(&self) -> Vec<u32> {
+        processes()
+            .into_iter()
+            .filter(|&pid| state(pid).is_some_and(|s| s != 'Z'))
+            .filter(|&pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.exe))
+            .collect()
+    }
+
+    /// Waits for a log line containing `needle` after byte `from`; returns it.
+    pub fn wait_log(&self, needle: &str, from: usize, timeout: Duration) -> String {
+        wait_until(&format!("log line with {needle:?}"), timeout, || {
+            let text = self.log_text();
+            text.get(from..)?.lines().find(|l| l.contains(needle)).map(str::to_owned)
+        })
+    }
+
+    /// Replaces the executable on disk the way a deployment does (write, rename).
+    pub fn install(&self, source: &Path) {
+        let staging = self.scratch.path("hello.new");
+        std::fs::copy(source, &staging).unwrap();
+        std::fs::rename(&staging, &self.exe).unwrap();
+    }
+
+    /// Replaces the executable with a shell script.
+    pub fn install_script(&self, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let staging = self.scratch.path("hello.new");
+        std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&staging, &self.exe).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let mut all: BTreeSet<u32> = self.pids.iter().copied().collect();
+        all.extend(self.live_processes());
+        for &pid in &all {
+            if !exited(pid) {
+                signal(pid, Signal::KILL);
+            }
+        }
+        for &pid in &all {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !exited(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn signal(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+/// Whether `pid` is gone (reaping it if it is our zombie child).
+pub fn exited(pid: u32) -> bool {
+    let raw = Pid::from_raw(pid as i32).unwrap();
+    match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
+        Ok(Some(_)) => return true,
+        Ok(None) => return false,
+        Err(_) => {} // not our child: look at /proc
+    }
+    !matches!(state(pid), Some(s) if s != 'Z')
+}
+
+/// The state letter of `pid` (R, S, Z, …), if it exists.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every pid on the machine.
+pub fn processes() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Children of `pid`, zombies included.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    processes().into_iter().filter(|&p| parent_of(p) == Some(pid)).collect()
+}
+
+/// fd number → link target ("socket:[123]", "pipe:[9]", "/dev/null", …).
+pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.to_string_lossy().into_owned()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+/// TCP socket inodes by state, from /proc/net/tcp and tcp6: (inode, local port,
+/// state) with state "0A" for LISTEN and "01" for ESTABLISHED.
+pub fn tcp_sockets() -> Vec<(String, u16, String)> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                continue;
+            }
+            let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let Some(port) = port {
+                sockets.push((cols[9].to_owned(), port, cols[3].to_owned()));
+            }
+        }
+    }
+    sockets
+}
+
+/// The inode of the socket listening on `port`.
+pub fn listener_inode(port: u16) -> String {
+    tcp_sockets()
+        .into_iter()
+        .find(|(_, p, state)| *p == port && state == "0A")
+        .map(|(inode, _, _)| format!("socket:[{inode}]"))
+        .expect("a listening socket on the port")
+}
+
+/// The fds of `pid` that are not TCP connections (those come and go with load).
+pub fn stable_fds(pid: u32) -> Vec<(u32, String)> {
+    let connections: BTreeSet<String> = tcp_sockets()
+        .into_iter()
+        .filter(|(_, _, state)| state != "0A")
+        .map(|(inode, _, _)| format!("socket:[{inode}]"))
+        .collect();
+    fds_of(pid)
+        .into_iter()
+        .filter(|(_, target)| !connections.contains(target))
+        .collect()
+}
