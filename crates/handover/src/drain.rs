@@ -126,7 +126,9 @@ impl DrainSignal {
 
 impl fmt::Debug for DrainSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DrainSignal").field("order", &self.get()).finish()
+        f.debug_struct("DrainSignal")
+            .field("order", &self.get())
+            .finish()
     }
 }
 
@@ -166,7 +168,10 @@ impl ConnectionTracker {
     /// Blocks until no connection is left or `deadline` passes; returns how many
     /// are still open (0 unless the deadline was reached).
     pub fn wait_idle(&self, deadline: Instant) -> usize {
-        match self.count.wait_until(Some(deadline), |n| (*n == 0).then_some(())) {
+        match self
+            .count
+            .wait_until(Some(deadline), |n| (*n == 0).then_some(()))
+        {
             Some(()) => 0,
             None => self.active(),
         }
@@ -234,21 +239,30 @@ mod tests {
         let tracker = ConnectionTracker::new();
         let _a = tracker.track();
         let _b = tracker.track();
-        assert_eq!(tracker.wait_idle(Instant::now() + Duration::from_millis(20)), 2);
+        assert_eq!(
+            tracker.wait_idle(Instant::now() + Duration::from_millis(20)),
+            2
+        );
     }
 
     #[test]
     fn first_order_wins_but_exit_shortens() {
         let signal = DrainSignal::new();
         let later = Instant::now() + Duration::from_secs(30);
-        assert!(signal.issue(DrainOrder { reason: DrainReason::Stop, deadline: later }));
+        assert!(signal.issue(DrainOrder {
+            reason: DrainReason::Stop,
+            deadline: later
+        }));
         let upgraded = DrainOrder {
             reason: DrainReason::Upgraded { successor: 1 },
             deadline: later,
         };
         assert!(!signal.issue(upgraded));
         let now = Instant::now();
-        assert!(signal.issue(DrainOrder { reason: DrainReason::Exit, deadline: now }));
+        assert!(signal.issue(DrainOrder {
+            reason: DrainReason::Exit,
+            deadline: now
+        }));
         let order = signal.wait();
         assert_eq!(order.reason, DrainReason::Stop);
         assert_eq!(order.deadline, now);

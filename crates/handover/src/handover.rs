@@ -15,7 +15,10 @@ use crate::protocol::HANDOFF_VARIABLES;
 use crate::sockets::{Address, Registry, SocketKind, Source};
 use crate::spawn::Program;
 use crate::upgrade::Phase;
-use crate::{pidfile, signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error, Result};
+use crate::{
+    pidfile, signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error,
+    Result,
+};
 
 /// The zero-downtime handle of one process. Cheap to clone; all clones are the
 /// same handle. See the [crate docs](crate) for the life cycle.
@@ -73,7 +76,10 @@ impl Handover {
                 None => std::env::current_exe()
                     .map_err(|e| Error::io("finding this program's executable", e))?,
             },
-            args: config.args.clone().unwrap_or_else(|| std::env::args_os().collect()),
+            args: config
+                .args
+                .clone()
+                .unwrap_or_else(|| std::env::args_os().collect()),
             env: successor_env(&config.env),
         };
         let handover = Handover {
@@ -97,7 +103,11 @@ impl Handover {
     /// The TCP listener named `name`: the inherited one if this process was handed
     /// one by that name, else a fresh one bound at `addr` (the first address it
     /// resolves to).
-    pub fn tcp_listener(&self, name: &str, addr: impl ToSocketAddrs) -> Result<std::net::TcpListener> {
+    pub fn tcp_listener(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs,
+    ) -> Result<std::net::TcpListener> {
         let address = Address::Inet(resolve(name, addr)?);
         Ok(self.claim(name, SocketKind::TcpListener, &address)?.into())
     }
@@ -115,8 +125,16 @@ impl Handover {
         Ok(self.claim(name, SocketKind::UnixListener, &address)?.into())
     }
 
-    fn claim(&self, name: &str, kind: SocketKind, address: &Address) -> Result<std::os::fd::OwnedFd> {
-        if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+    fn claim(
+        &self,
+        name: &str,
+        kind: SocketKind,
+        address: &Address,
+    ) -> Result<std::os::fd::OwnedFd> {
+        if name.is_empty()
+            || name.len() > 255
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
             return Err(Error::InvalidName(name.to_owned()));
         }
         self.inner.registry().claim(name, kind, address)
@@ -140,7 +158,11 @@ impl Handover {
         self.inner.registry().seal();
         match &self.inner.origin {
             Origin::Successor { notify, parent } => {
-                tracing::info!(parent, generation = self.generation(), "ready; telling the parent");
+                tracing::info!(
+                    parent,
+                    generation = self.generation(),
+                    "ready; telling the parent"
+                );
                 notify::send(notify, &[NotifyState::Ready]).map_err(|source| Error::Notify {
                     target: format!("parent pid {parent} at {}", Path::new(notify).display()),
                     source,
@@ -148,8 +170,9 @@ impl Handover {
             }
             Origin::Fresh => {
                 if let Some(path) = &self.inner.config.pid_file {
-                    pidfile::write(path, std::process::id())
-                        .map_err(|e| Error::io(format!("writing PID file {}", path.display()), e))?;
+                    pidfile::write(path, std::process::id()).map_err(|e| {
+                        Error::io(format!("writing PID file {}", path.display()), e)
+                    })?;
                 }
                 self.inner.upstream.notify(&[NotifyState::Ready]);
                 tracing::info!("ready");
@@ -161,7 +184,8 @@ impl Handover {
     /// Starts a graceful stop: stop accepting, drain within the drain timeout.
     /// Abandons an upgrade under way (its successor is killed).
     pub fn stop(&self) {
-        self.inner.stop(DrainReason::Stop, self.inner.config.drain_timeout);
+        self.inner
+            .stop(DrainReason::Stop, self.inner.config.drain_timeout);
     }
 
     /// Starts a fast stop: stop accepting and close connections now.
@@ -239,7 +263,12 @@ fn resolve(name: &str, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .map_err(bind_error)?
         .next()
-        .ok_or_else(|| bind_error(std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing")))
+        .ok_or_else(|| {
+            bind_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "address resolves to nothing",
+            ))
+        })
 }
 
 /// This process's environment without the hand-off variables, with overrides.

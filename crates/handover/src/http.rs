@@ -102,7 +102,10 @@ where
         }
     };
     if left > 0 {
-        tracing::warn!(connections = left, "drain deadline reached; closing the remaining connections");
+        tracing::warn!(
+            connections = left,
+            "drain deadline reached; closing the remaining connections"
+        );
         connections.abort_all();
     } else {
         tracing::info!("drained: no connection left");
@@ -143,7 +146,9 @@ async fn connection<F, Fut, B, E>(
                 // Decided when the response is ready, so a request that was in
                 // flight when the drain began also closes its connection.
                 if http1 && drain.is_draining() {
-                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, HandlerError>(response)
             }

@@ -69,3 +69,4 @@ pub use error::{Error, Result, SuccessorFailure};
 pub use handover::Handover;
 pub use signals::SignalAction;
 pub use sockets::SocketKind;
+pub use upgrade::Phase;

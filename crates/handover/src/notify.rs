@@ -91,12 +91,23 @@ impl NotifyReceiver {
     }
 
     /// Waits up to `timeout` for one datagram. `Ok(None)` on timeout.
-    pub(crate) fn recv(&self, timeout: Duration) -> io::Result<Option<Result<Message, MessageError>>> {
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    pub(crate) fn recv(
+        &self,
+        timeout: Duration,
+    ) -> io::Result<Option<Result<Message, MessageError>>> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
         match self.socket.recv(&mut buf) {
             Ok(n) => Ok(Some(Message::parse(&buf[..n]))),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(e) => Err(e),
         }
@@ -117,8 +128,16 @@ mod tests {
     #[test]
     fn receives_what_is_sent() {
         let receiver = NotifyReceiver::create().unwrap();
-        send(receiver.path().as_os_str(), &[NotifyState::Ready, NotifyState::Status("up")]).unwrap();
-        let msg = receiver.recv(Duration::from_secs(5)).unwrap().unwrap().unwrap();
+        send(
+            receiver.path().as_os_str(),
+            &[NotifyState::Ready, NotifyState::Status("up")],
+        )
+        .unwrap();
+        let msg = receiver
+            .recv(Duration::from_secs(5))
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert!(msg.is_ready());
         assert_eq!(msg.get("STATUS"), Some("up"));
         assert!(receiver.recv(Duration::from_millis(10)).unwrap().is_none());

@@ -7,9 +7,12 @@ use std::path::Path;
 
 /// Writes `pid` to `path` atomically.
 pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "PID file path has no file name"))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "PID file path has no file name",
+        )
+    })?;
     let mut temporary_name = file_name.to_owned();
     temporary_name.push(format!(".{}.tmp", std::process::id()));
     let temporary = path.with_file_name(temporary_name);
@@ -50,7 +53,11 @@ mod tests {
         assert!(path.exists(), "another process's pid is left alone");
         super::remove_if_holds(&path, 42);
         assert!(!path.exists());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no temporary file left"
+        );
         std::fs::remove_dir(&dir).unwrap();
     }
 }

@@ -77,7 +77,12 @@ pub(crate) fn spawn(program: &Program, handoff: &Handoff<'_>) -> io::Result<Succ
 }
 
 fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument or environment contains a NUL byte"))
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "argument or environment contains a NUL byte",
+        )
+    })
 }
 
 impl Successor {
@@ -87,13 +92,15 @@ impl Successor {
 
     /// Whether it has exited (and how); reaps it if so.
     pub(crate) fn exited(&self) -> io::Result<Option<SuccessorFailure>> {
-        Ok(rustix::process::waitpid(Some(self.pid), WaitOptions::NOHANG)?.map(|(_, status)| {
-            match (status.exit_status(), status.terminating_signal()) {
-                (Some(code), _) => SuccessorFailure::Exited(code),
-                (None, Some(signal)) => SuccessorFailure::Signaled(signal),
-                (None, None) => SuccessorFailure::Exited(-1),
-            }
-        }))
+        Ok(
+            rustix::process::waitpid(Some(self.pid), WaitOptions::NOHANG)?.map(
+                |(_, status)| match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => SuccessorFailure::Exited(code),
+                    (None, Some(signal)) => SuccessorFailure::Signaled(signal),
+                    (None, None) => SuccessorFailure::Exited(-1),
+                },
+            ),
+        )
     }
 
     /// Kills it with SIGKILL and reaps it, so no zombie is left.

@@ -27,15 +27,25 @@ static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 /// Takes ownership of an fd number handed to this process (LISTEN_FDS convention)
 /// and marks it close-on-exec, as `sd_listen_fds(3)` does.
 ///
-/// Fails if the number is not an open descriptor, or was adopted before.
+/// Fails if the number is not an open descriptor, was adopted before, or is
+/// close-on-exec (then it was not inherited: something in this process opened it).
 pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
     if fd < 0 || adopted.contains(&fd) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     // SAFETY: F_GETFD only reads the descriptor flags; any integer is a valid argument.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
         return Err(io::Error::last_os_error());
+    }
+    if flags & libc::FD_CLOEXEC != 0 {
+        // An fd that crossed execve cannot be close-on-exec: this one was opened
+        // by this process after it started, and belongs to someone else.
+        return Err(io::Error::other(
+            "it is close-on-exec, so this process opened it after start (create the Handover \
+             before anything opens files, such as an async runtime)",
+        ));
     }
     // SAFETY: the number is open (F_GETFD succeeded), the process was told by its
     // starter that it owns it, and `ADOPTED` guarantees no second OwnedFd for it
@@ -73,7 +83,8 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
         .iter()
         .map(|fd| Ok(rustix::io::fcntl_dupfd_cloexec(fd, first_free)?))
         .collect::<io::Result<Vec<OwnedFd>>>()?;
-    let (report_read, low_report_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (report_read, low_report_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let report_write = rustix::io::fcntl_dupfd_cloexec(&low_report_write, first_free)?;
     // Only the copy above `first_free` may stay open, or the parent's read below
     // would never see end-of-file.
@@ -151,7 +162,9 @@ unsafe fn child_after_fork(
     report: RawFd,
 ) -> ! {
     fn fail(report: RawFd) -> ! {
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         let bytes = errno.to_ne_bytes();
         // SAFETY: writing a local buffer to an fd we own; then leaving without
         // running any destructor or atexit handler of the parent's copy.

@@ -11,7 +11,11 @@ use crate::{Error, Handover, Result};
 impl Handover {
     /// [`Handover::tcp_listener`] as a tokio listener. Must be called within a
     /// tokio runtime.
-    pub fn tokio_tcp_listener(&self, name: &str, addr: impl ToSocketAddrs) -> Result<tokio::net::TcpListener> {
+    pub fn tokio_tcp_listener(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs,
+    ) -> Result<tokio::net::TcpListener> {
         let listener = self.tcp_listener(name, addr)?;
         listener
             .set_nonblocking(true)
@@ -20,7 +24,11 @@ impl Handover {
     }
 
     /// [`Handover::udp_socket`] as a tokio socket.
-    pub fn tokio_udp_socket(&self, name: &str, addr: impl ToSocketAddrs) -> Result<tokio::net::UdpSocket> {
+    pub fn tokio_udp_socket(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs,
+    ) -> Result<tokio::net::UdpSocket> {
         let socket = self.udp_socket(name, addr)?;
         socket
             .set_nonblocking(true)
@@ -29,7 +37,11 @@ impl Handover {
     }
 
     /// [`Handover::unix_listener`] as a tokio listener.
-    pub fn tokio_unix_listener(&self, name: &str, path: impl AsRef<Path>) -> Result<tokio::net::UnixListener> {
+    pub fn tokio_unix_listener(
+        &self,
+        name: &str,
+        path: impl AsRef<Path>,
+    ) -> Result<tokio::net::UnixListener> {
         let listener = self.unix_listener(name, path)?;
         listener
             .set_nonblocking(true)

@@ -29,15 +29,19 @@ use crate::notify::NotifyReceiver;
 use crate::spawn::{self, Handoff, Successor};
 use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
-/// Where a process is in its life; see the [module docs](self).
+/// Where a process is in its life; see [`Handover::phase`] and the state machine
+/// in `docs/ARCHITECTURE.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Claiming sockets, not yet ready.
     Starting,
     /// Ready and serving; an upgrade may start.
     Serving,
-    /// A successor is starting (pid 0 until it is forked).
-    Upgrading { successor: u32 },
+    /// A successor is starting; both processes accept.
+    Upgrading {
+        /// The successor's pid (0 until it is forked).
+        successor: u32,
+    },
     /// No longer accepting.
     Draining(DrainReason),
 }
@@ -47,6 +51,11 @@ pub(crate) enum Phase {
 const POLL_SLICE: Duration = Duration::from_millis(20);
 
 impl Handover {
+    /// Where this process is in its life.
+    pub fn phase(&self) -> Phase {
+        *self.inner.phase()
+    }
+
     /// Upgrades this process: starts the new version with the named sockets, waits
     /// until it says `READY=1` (both accept meanwhile), then commits — this process
     /// is told to drain through [`crate::DrainSignal`] — and returns the
@@ -90,7 +99,8 @@ fn reloading() -> Vec<NotifyState<'static>> {
 }
 
 fn run(inner: &Inner) -> Result<u32> {
-    let receiver = NotifyReceiver::create().map_err(|e| Error::io("creating the notify socket", e))?;
+    let receiver =
+        NotifyReceiver::create().map_err(|e| Error::io("creating the notify socket", e))?;
     let successor = {
         let registry = inner.registry();
         let handoff = Handoff {
@@ -113,9 +123,19 @@ fn run(inner: &Inner) -> Result<u32> {
     }
     tracing::info!(successor = pid, "upgrade: waiting for READY=1");
     let started = Instant::now();
-    match wait_ready(inner, &successor, &receiver, started + inner.config.ready_timeout) {
+    match wait_ready(
+        inner,
+        &successor,
+        &receiver,
+        started + inner.config.ready_timeout,
+    ) {
         Ok(()) => {}
-        Err(Some(why)) if matches!(why, SuccessorFailure::Exited(_) | SuccessorFailure::Signaled(_)) => {
+        Err(Some(why))
+            if matches!(
+                why,
+                SuccessorFailure::Exited(_) | SuccessorFailure::Signaled(_)
+            ) =>
+        {
             return Err(Error::SuccessorFailed { pid, why });
         }
         Err(why) => {
@@ -183,7 +203,9 @@ fn commit(inner: &Inner, successor: Successor, took: Duration) -> Result<u32> {
     if let Some(path) = &inner.config.pid_file {
         write_pid_file(path, pid);
     }
-    inner.upstream.notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
+    inner
+        .upstream
+        .notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
     let reason = DrainReason::Upgraded { successor: pid };
     *phase = Phase::Draining(reason);
     inner.drain.issue(DrainOrder {

@@ -28,7 +28,11 @@ use handover::{http, Handover};
 struct Args {
     /// Address to serve on, as ADDR or NAME=ADDR (the name defaults to "web");
     /// repeat for several sockets.
-    #[arg(long = "listen", value_name = "[NAME=]ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "listen",
+        value_name = "[NAME=]ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     listen: Vec<String>,
     /// Simulated initialisation time before the server is ready.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
@@ -49,10 +53,17 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // First, before the runtime opens any fd: inherited sockets live at fds 3, 4, …
+    let handover = match handover_from(&args) {
+        Ok(handover) => handover,
+        Err(error) => {
+            eprintln!("hello: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -60,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, handover)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("hello: {error}");
@@ -69,14 +80,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), handover::Error> {
+fn handover_from(args: &Args) -> Result<Handover, handover::Error> {
     let mut builder = Handover::builder()
         .ready_timeout(args.ready_timeout)
         .drain_timeout(args.drain_timeout);
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
     }
-    let handover = builder.build()?;
+    builder.build()
+}
+
+async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let pid = std::process::id();
     let generation = handover.generation();
     let _span = tracing::info_span!("hello", pid, generation).entered();
@@ -103,8 +117,10 @@ async fn run(args: Args) -> Result<(), handover::Error> {
         .map(|listener| {
             let handover = handover.clone();
             tokio::spawn(async move {
-                http::serve(listener, &handover, move |request| respond(request, pid, generation))
-                    .await
+                http::serve(listener, &handover, move |request| {
+                    respond(request, pid, generation)
+                })
+                .await
             })
         })
         .collect();

@@ -22,7 +22,10 @@ fn twenty_upgrades_under_load_fail_no_request() {
             .request_timeout(Duration::from_secs(10)),
     );
     let stats = load.stats();
-    assert!(stats.wait_for_successes(100, Duration::from_secs(20)), "load did not start");
+    assert!(
+        stats.wait_for_successes(100, Duration::from_secs(20)),
+        "load did not start"
+    );
     for round in 0..20 {
         let before = stats.successes();
         let (old, _new) = server.upgrade();
@@ -42,11 +45,23 @@ fn twenty_upgrades_under_load_fail_no_request() {
         report.first_failures(10),
         server.log_text()
     );
-    assert!(report.total() > 1000, "too little load to prove anything: {}", report.summary());
+    assert!(
+        report.total() > 1000,
+        "too little load to prove anything: {}",
+        report.summary()
+    );
     let generations = report.distinct_generations();
-    assert_eq!(generations.len(), 21, "responses came from generations {generations:?}");
+    assert_eq!(
+        generations.len(),
+        21,
+        "responses came from generations {generations:?}"
+    );
     let live = server.live_processes();
-    assert_eq!(live, vec![server.current_pid().unwrap()], "exactly one server process remains");
+    assert_eq!(
+        live,
+        vec![server.current_pid().unwrap()],
+        "exactly one server process remains"
+    );
 }
 
 /// A 2-second request that started before an upgrade completes, answered by the
@@ -56,7 +71,9 @@ fn slow_request_started_before_upgrade_completes_in_old_process() {
     let mut server = Server::start("slow", &["--startup-delay", "200ms"]);
     let first = server.current_pid().unwrap();
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     stream
         .write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
@@ -65,21 +82,32 @@ fn slow_request_started_before_upgrade_completes_in_old_process() {
     let (old, new) = server.upgrade();
     let committed = sent.elapsed();
     assert_eq!(old, first);
-    assert!(committed < Duration::from_secs(2), "the upgrade took {committed:?}");
+    assert!(
+        committed < Duration::from_secs(2),
+        "the upgrade took {committed:?}"
+    );
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let answered = sent.elapsed();
     assert!(response.starts_with("HTTP/1.1 200"), "response: {response}");
-    assert!(response.contains(&format!("x-pid: {old}")), "answered by the old process: {response}");
+    assert!(
+        response.contains(&format!("x-pid: {old}")),
+        "answered by the old process: {response}"
+    );
     assert!(
         response.to_ascii_lowercase().contains("connection: close"),
         "a draining process closes after the response: {response}"
     );
-    assert!(answered > committed, "answered after the successor took over");
+    assert!(
+        answered > committed,
+        "answered after the successor took over"
+    );
     server.wait_exit(old, Duration::from_secs(10));
     // New requests now reach the successor.
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.contains(&format!("x-pid: {new}")), "{response}");

@@ -36,7 +36,7 @@ pub enum EnvError {
         fds: usize,
     },
     /// An fd that `LISTEN_FDS` promises is not open.
-    #[error("fd {fd} is listed in LISTEN_FDS but is not open: {reason}")]
+    #[error("fd {fd} is listed in LISTEN_FDS but is not an inherited open fd: {reason}")]
     FdNotOpen {
         /// The fd number.
         fd: i32,
@@ -68,7 +68,11 @@ pub fn parse_listen_env(
         return Ok(None);
     };
     if number(LISTEN_PID, listen_pid)? != u64::from(my_pid) {
-        tracing::debug!(listen_pid, my_pid, "LISTEN_PID is another process; ignoring LISTEN_FDS");
+        tracing::debug!(
+            listen_pid,
+            my_pid,
+            "LISTEN_PID is another process; ignoring LISTEN_FDS"
+        );
         return Ok(None);
     }
     let count = number(LISTEN_FDS, listen_fds)?;
@@ -173,7 +177,12 @@ pub(crate) fn read_inheritance(
         my_pid,
     )?;
     let mut sockets = Vec::new();
-    for (index, name) in listen.map(|l| l.names).unwrap_or_default().into_iter().enumerate() {
+    for (index, name) in listen
+        .map(|l| l.names)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let number = LISTEN_FDS_START + index as i32;
         let fd = crate::sys::adopt_inherited_fd(number).map_err(|e| EnvError::FdNotOpen {
             fd: number,
@@ -193,13 +202,19 @@ pub(crate) fn read_inheritance(
 mod tests {
     use super::*;
 
-    fn parse(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> Result<Option<ListenEnv>, EnvError> {
+    fn parse(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        names: Option<&str>,
+    ) -> Result<Option<ListenEnv>, EnvError> {
         parse_listen_env(pid, fds, names, 42)
     }
 
     #[test]
     fn accepts_the_systemd_convention() {
-        let env = parse(Some("42"), Some("2"), Some("web:admin")).unwrap().unwrap();
+        let env = parse(Some("42"), Some("2"), Some("web:admin"))
+            .unwrap()
+            .unwrap();
         assert_eq!(env.names, ["web", "admin"]);
         let env = parse(Some("42"), Some("1"), None).unwrap().unwrap();
         assert_eq!(env.names, ["unknown"]);
@@ -217,10 +232,25 @@ mod tests {
     fn rejects_garbage() {
         let err = parse(Some("42"), Some("abc"), None).unwrap_err();
         assert_eq!(err.to_string(), "LISTEN_FDS=\"abc\" is not a valid number");
-        assert!(matches!(parse(Some("x"), Some("1"), None), Err(EnvError::NotANumber { variable: "LISTEN_PID", .. })));
-        assert!(matches!(parse(Some("42"), Some("-1"), None), Err(EnvError::NotANumber { .. })));
-        assert!(matches!(parse(Some("42"), Some("99999999999999999999999"), None), Err(EnvError::NotANumber { .. })));
-        assert_eq!(parse(Some("42"), Some("100000"), None), Err(EnvError::TooManyFds(100_000)));
+        assert!(matches!(
+            parse(Some("x"), Some("1"), None),
+            Err(EnvError::NotANumber {
+                variable: "LISTEN_PID",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(Some("42"), Some("-1"), None),
+            Err(EnvError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse(Some("42"), Some("99999999999999999999999"), None),
+            Err(EnvError::NotANumber { .. })
+        ));
+        assert_eq!(
+            parse(Some("42"), Some("100000"), None),
+            Err(EnvError::TooManyFds(100_000))
+        );
         assert_eq!(
             parse(Some("42"), Some("1"), Some("web:admin")),
             Err(EnvError::NamesMismatch { names: 2, fds: 1 })

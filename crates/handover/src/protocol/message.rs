@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(Message::parse(&[0xff, 0xfe]), Err(MessageError::NotUtf8));
-        assert!(matches!(Message::parse(b"=1"), Err(MessageError::BadLine { line: 1, .. })));
+        assert!(matches!(
+            Message::parse(b"=1"),
+            Err(MessageError::BadLine { line: 1, .. })
+        ));
         assert!(matches!(
             Message::parse(&vec![b'a'; MAX_MESSAGE_LEN + 1]),
             Err(MessageError::TooLong(_))

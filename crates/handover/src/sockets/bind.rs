@@ -31,7 +31,11 @@ pub(crate) fn bind(kind: SocketKind, address: &Address, backlog: i32) -> io::Res
 }
 
 fn bind_inet(kind: SocketKind, addr: SocketAddr) -> io::Result<Socket> {
-    let ty = if kind == SocketKind::Udp { Type::DGRAM } else { Type::STREAM };
+    let ty = if kind == SocketKind::Udp {
+        Type::DGRAM
+    } else {
+        Type::STREAM
+    };
     let socket = Socket::new(Domain::for_address(addr), ty, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {

@@ -113,7 +113,12 @@ impl Registry {
     }
 
     /// Returns the socket named `name` (a new descriptor the caller owns).
-    pub(crate) fn claim(&mut self, name: &str, kind: SocketKind, wanted: &Address) -> Result<OwnedFd> {
+    pub(crate) fn claim(
+        &mut self,
+        name: &str,
+        kind: SocketKind,
+        wanted: &Address,
+    ) -> Result<OwnedFd> {
         if self.sealed {
             return Err(Error::ClaimAfterReady(name.to_owned()));
         }
@@ -138,20 +143,29 @@ impl Registry {
         Ok(copy)
     }
 
-    fn take_inherited(&mut self, name: &str, kind: SocketKind, wanted: &Address) -> Result<Option<OwnedFd>> {
+    fn take_inherited(
+        &mut self,
+        name: &str,
+        kind: SocketKind,
+        wanted: &Address,
+    ) -> Result<Option<OwnedFd>> {
         let mut candidates = Vec::new();
         for (index, inherited) in self.unclaimed.iter().enumerate() {
             if inherited.name != name {
                 continue;
             }
-            let address = bind::inspect(&inherited.fd, kind).map_err(|problem| Error::InheritedSocket {
-                name: name.to_owned(),
-                fd: inherited.number,
-                problem,
-            })?;
+            let address =
+                bind::inspect(&inherited.fd, kind).map_err(|problem| Error::InheritedSocket {
+                    name: name.to_owned(),
+                    fd: inherited.number,
+                    problem,
+                })?;
             candidates.push((index, address));
         }
-        let chosen = match candidates.iter().find(|(_, address)| address.serves(wanted)) {
+        let chosen = match candidates
+            .iter()
+            .find(|(_, address)| address.serves(wanted))
+        {
             Some((index, _)) => *index,
             None => match (candidates.first(), self.source) {
                 (None, _) => return Ok(None),
@@ -184,7 +198,10 @@ impl Registry {
 
     /// The sockets to hand to a successor, in a stable order.
     pub(crate) fn handoff(&self) -> Vec<(&str, BorrowedFd<'_>)> {
-        self.claimed.iter().map(|c| (c.name.as_str(), c.fd.as_fd())).collect()
+        self.claimed
+            .iter()
+            .map(|c| (c.name.as_str(), c.fd.as_fd()))
+            .collect()
     }
 
     /// Drops this process's copies (after a successor took over).

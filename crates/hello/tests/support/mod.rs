@@ -21,7 +21,8 @@ use rustix::process::{Pid, Signal, WaitOptions};
 /// Waits for `condition` to hold, checking every 5 ms, up to `timeout`.
 /// Panics with `what` if it never does.
 pub fn wait_until<T>(what: &str, timeout: Duration, condition: impl FnMut() -> Option<T>) -> T {
-    try_wait_until(timeout, condition).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+    try_wait_until(timeout, condition)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Like [`wait_until`], but `None` on timeout.
@@ -133,9 +134,11 @@ impl Server {
             .find_map(|word| word.strip_prefix("http://"))
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        wait_until("the first process to be ready", Duration::from_secs(30), || {
-            (server.current_pid() == Some(pid)).then_some(())
-        });
+        wait_until(
+            "the first process to be ready",
+            Duration::from_secs(30),
+            || (server.current_pid() == Some(pid)).then_some(()),
+        );
         server
     }
 
@@ -144,7 +147,11 @@ impl Server {
     }
 
     pub fn current_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Sends SIGHUP to the current process and waits until the PID file names a
@@ -152,15 +159,19 @@ impl Server {
     pub fn upgrade(&mut self) -> (u32, u32) {
         let old = self.current_pid().expect("a current pid");
         signal(old, Signal::HUP);
-        let new = try_wait_until(Duration::from_secs(60), || self.current_pid().filter(|&pid| pid != old))
-            .unwrap_or_else(|| panic!("no successor committed; server log:\n{}", self.log_text()));
+        let new = try_wait_until(Duration::from_secs(60), || {
+            self.current_pid().filter(|&pid| pid != old)
+        })
+        .unwrap_or_else(|| panic!("no successor committed; server log:\n{}", self.log_text()));
         self.pids.push(new);
         (old, new)
     }
 
     /// Waits until `pid` has exited (reaping it if it is our child).
     pub fn wait_exit(&self, pid: u32, timeout: Duration) {
-        wait_until(&format!("pid {pid} to exit"), timeout, || exited(pid).then_some(()));
+        wait_until(&format!("pid {pid} to exit"), timeout, || {
+            exited(pid).then_some(())
+        });
     }
 
     /// Live (non-zombie) processes running this server's binary.
@@ -168,16 +179,22 @@ impl Server {
         processes()
             .into_iter()
             .filter(|&pid| state(pid).is_some_and(|s| s != 'Z'))
-            .filter(|&pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.exe))
+            .filter(|&pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.exe)
+            })
             .collect()
     }
 
     /// Waits for a log line containing `needle` after byte `from`; returns it.
     pub fn wait_log(&self, needle: &str, from: usize, timeout: Duration) -> String {
-        wait_until(&format!("log line with {needle:?}"), timeout, || {
+        try_wait_until(timeout, || {
             let text = self.log_text();
-            text.get(from..)?.lines().find(|l| l.contains(needle)).map(str::to_owned)
+            text.get(from..)?
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
         })
+        .unwrap_or_else(|| panic!("no log line with {needle:?} in:\n{}", self.log_text()))
     }
 
     /// Replaces the executable on disk the way a deployment does (write, rename).
@@ -189,11 +206,7 @@ impl Server {
 
     /// Replaces the executable with a shell script.
     pub fn install_script(&self, body: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let staging = self.scratch.path("hello.new");
-        std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&staging, &self.exe).unwrap();
+        install_script_at(&self.exe, body);
     }
 }
 
@@ -213,6 +226,15 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// Puts a shell script at `path` by write and rename, as a deployment would.
+pub fn install_script_at(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staging, path).unwrap();
 }
 
 pub fn signal(pid: u32, signal: Signal) {
@@ -240,7 +262,12 @@ pub fn state(pid: u32) -> Option<char> {
 /// The parent pid of `pid`.
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Every pid on the machine.
@@ -253,7 +280,10 @@ pub fn processes() -> Vec<u32> {
 
 /// Children of `pid`, zombies included.
 pub fn children_of(pid: u32) -> Vec<u32> {
-    processes().into_iter().filter(|&p| parent_of(p) == Some(pid)).collect()
+    processes()
+        .into_iter()
+        .filter(|&p| parent_of(p) == Some(pid))
+        .collect()
 }
 
 /// fd number → link target ("socket:[123]", "pipe:[9]", "/dev/null", …).
@@ -284,7 +314,10 @@ pub fn tcp_sockets() -> Vec<(String, u16, String)> {
             if cols.len() < 10 {
                 continue;
             }
-            let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             if let Some(port) = port {
                 sockets.push((cols[9].to_owned(), port, cols[3].to_owned()));
             }
