@@ -131,13 +131,14 @@ async fn connection<F, Fut, B, E>(
     B::Error: Into<BoxError>,
     E: Into<BoxError> + 'static,
 {
-    let is_http2 = Arc::new(AtomicBool::new(false));
+    // HTTP/2 is known from the first request; the drain may come before it.
+    let http2 = Arc::new(Http2Seen::default());
     let service = {
-        let (drain, is_http2) = (drain.clone(), Arc::clone(&is_http2));
+        let (drain, http2) = (drain.clone(), Arc::clone(&http2));
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let http1 = request.version() < Version::HTTP_2;
             if !http1 {
-                is_http2.store(true, Ordering::Relaxed);
+                http2.mark();
             }
             let response = handler(request);
             let drain = drain.clone();
@@ -158,15 +159,36 @@ async fn connection<F, Fut, B, E>(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = drain.recv() => {
-            if is_http2.load(Ordering::Relaxed) {
-                conn.as_mut().graceful_shutdown();
-            }
+        () = async { drain.recv().await; http2.wait().await } => {
+            // GOAWAY: streams in flight finish, no new one starts.
+            conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Whether a connection turned out to be HTTP/2, as something to wait for.
+#[derive(Default)]
+struct Http2Seen {
+    seen: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Http2Seen {
+    fn mark(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            // notify_one keeps a permit if nobody waits yet.
+            self.notify.notify_one();
+        }
+    }
+
+    async fn wait(&self) {
+        if !self.seen.load(Ordering::Relaxed) {
+            self.notify.notified().await;
+        }
     }
 }
 

@@ -87,6 +87,11 @@ impl Server {
     }
 
     pub fn start_with_args(label: &str, args: &[&str]) -> Server {
+        Server::start_with_env(label, args, &[])
+    }
+
+    /// Starts `hello ARGS --pid-file …` with extra environment variables.
+    pub fn start_with_env(label: &str, args: &[&str], env: &[(&str, &Path)]) -> Server {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
         let scratch = Scratch::new(label);
         let exe = scratch.path("hello");
@@ -99,6 +104,7 @@ impl Server {
             .arg(&pid_file)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
