@@ -83,8 +83,7 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
         .iter()
         .map(|fd| Ok(rustix::io::fcntl_dupfd_cloexec(fd, first_free)?))
         .collect::<io::Result<Vec<OwnedFd>>>()?;
-    let (report_read, low_report_write) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (report_read, low_report_write) = cloexec_pipe()?;
     let report_write = rustix::io::fcntl_dupfd_cloexec(&low_report_write, first_free)?;
     // Only the copy above `first_free` may stay open, or the parent's read below
     // would never see end-of-file.
@@ -144,6 +143,22 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
     // The child failed before or in execve and exits at once: reap it.
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+}
+
+/// A pipe whose both ends are close-on-exec.
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(target_vendor = "apple"))]
+    let ends = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // macOS has no pipe2: set the flag right after (another thread's fork in
+    // between could inherit the pipe, which is harmless here).
+    #[cfg(target_vendor = "apple")]
+    let ends = {
+        let ends = rustix::pipe::pipe()?;
+        rustix::io::fcntl_setfd(&ends.0, FdFlags::CLOEXEC)?;
+        rustix::io::fcntl_setfd(&ends.1, FdFlags::CLOEXEC)?;
+        ends
+    };
+    Ok(ends)
 }
 
 /// Runs in the forked child: moves the fds into place, writes LISTEN_PID, resets
