@@ -171,8 +171,8 @@ import os, socket, sys
 expected_port = int(sys.argv[1])
 problems = []
 if os.environ.get("LISTEN_PID") != str(os.getpid()): problems.append("LISTEN_PID")
-if os.environ.get("LISTEN_FDS") != "2": problems.append("LISTEN_FDS")
-if os.environ.get("LISTEN_FDNAMES") != "web:dns": problems.append("LISTEN_FDNAMES")
+if os.environ.get("LISTEN_FDS") != "3": problems.append("LISTEN_FDS")
+if os.environ.get("LISTEN_FDNAMES") != "web:dns:ctl": problems.append("LISTEN_FDNAMES")
 if os.environ.get("HANDOVER_GENERATION") != "1": problems.append("HANDOVER_GENERATION")
 if os.environ.get("HANDOVER_PARENT_PID") != str(os.getppid()): problems.append("HANDOVER_PARENT_PID")
 web = socket.socket(fileno=3)
@@ -180,6 +180,10 @@ if web.type != socket.SOCK_STREAM or web.getsockname()[1] != expected_port: prob
 if web.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1: problems.append("fd 3 listening")
 dns = socket.socket(fileno=4)
 if dns.type != socket.SOCK_DGRAM or dns.getsockname()[1] != expected_port: problems.append("fd 4")
+ctl = socket.socket(fileno=5)
+if ctl.family != socket.AF_UNIX or ctl.getsockname() != sys.argv[2]: problems.append("fd 5")
+if ctl.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1: problems.append("fd 5 listening")
+if sorted(os.listdir("/proc/self/fd")) != sorted(["0", "1", "2", "3", "4", "5", str(os.open("/dev/null", 0))]): problems.append("extra fds")
 if problems:
     sys.stderr.write("contract broken: %s\n" % problems); sys.exit(2)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -192,18 +196,20 @@ fn a_ready_successor_is_committed_and_the_contract_holds() {
     let dir = std::env::temp_dir().join(format!("handover-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("app.pid");
+    let ctl = dir.join("ctl.sock");
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
     let handover = Handover::builder()
         .no_signals()
         .program("/usr/bin/env")
-        .args(["env", "python3", "-c", CONTRACT_CHECKER, &port.to_string()])
+        .args(["env", "python3", "-c", CONTRACT_CHECKER, &port.to_string(), ctl.to_str().unwrap()])
         .pid_file(&pid_file)
         .build()
         .unwrap();
     handover.tcp_listener("web", ("127.0.0.1", port)).unwrap();
     handover.udp_socket("dns", ("127.0.0.1", port)).unwrap();
+    handover.unix_listener("ctl", &ctl).unwrap();
     handover.ready().unwrap();
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
