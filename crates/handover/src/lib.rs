@@ -46,15 +46,15 @@
 
 mod beacon;
 mod builder;
+pub mod child;
 mod drain;
 mod error;
 mod handover;
-mod notify;
-mod pidfile;
+pub mod notify;
+pub mod pidfile;
 pub mod protocol;
 pub mod signals;
-mod sockets;
-mod spawn;
+pub mod sockets;
 mod sys;
 mod upgrade;
 
@@ -68,5 +68,5 @@ pub use drain::{ConnectionGuard, ConnectionTracker, DrainOrder, DrainReason, Dra
 pub use error::{Error, Result, SuccessorFailure};
 pub use handover::Handover;
 pub use signals::SignalAction;
-pub use sockets::SocketKind;
+pub use sockets::{Address, SocketKind};
 pub use upgrade::Phase;

@@ -22,7 +22,7 @@ use crate::protocol::message::{Message, MessageError, MAX_MESSAGE_LEN};
 
 /// Sends one datagram of `states` to the notify socket at `target` (a path, or
 /// `@name` for a Linux abstract socket).
-pub(crate) fn send(target: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
+pub fn send(target: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
     let text: String = states.iter().map(|s| format!("{s}\n")).collect();
     let socket = UnixDatagram::unbound()?;
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target);
@@ -53,8 +53,9 @@ impl Upstream {
     }
 }
 
-/// A private notify socket that one successor reports to.
-pub(crate) struct NotifyReceiver {
+/// A private notify socket that one child reports to; removed with its
+/// directory when dropped.
+pub struct NotifyReceiver {
     socket: UnixDatagram,
     dir: PathBuf,
     path: PathBuf,
@@ -63,7 +64,7 @@ pub(crate) struct NotifyReceiver {
 impl NotifyReceiver {
     /// Binds a fresh socket in a new 0700 directory under `$XDG_RUNTIME_DIR`, or
     /// the temporary directory.
-    pub(crate) fn create() -> io::Result<Self> {
+    pub fn create() -> io::Result<Self> {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
@@ -86,7 +87,7 @@ impl NotifyReceiver {
     }
 
     /// The path to give the successor as `NOTIFY_SOCKET`.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -111,6 +112,14 @@ impl NotifyReceiver {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl NotifyReceiver {
+    /// The bound socket, for callers that wait on it themselves (e.g. with
+    /// `tokio::net::UnixDatagram::from_std` on a clone).
+    pub fn socket(&self) -> &UnixDatagram {
+        &self.socket
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// Writes `pid` to `path` atomically.
-pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
+pub fn write(path: &Path, pid: u32) -> io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -28,12 +28,12 @@ pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
 }
 
 /// Reads the pid in `path`.
-pub(crate) fn read(path: &Path) -> Option<u32> {
+pub fn read(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Removes `path` if it still names `pid` (a successor may have replaced it).
-pub(crate) fn remove_if_holds(path: &Path, pid: u32) {
+pub fn remove_if_holds(path: &Path, pid: u32) {
     if read(path) == Some(pid) {
         let _ = std::fs::remove_file(path);
     }

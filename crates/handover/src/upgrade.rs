@@ -26,7 +26,8 @@ use sd_notify::NotifyState;
 
 use crate::handover::Inner;
 use crate::notify::NotifyReceiver;
-use crate::spawn::{self, Handoff, Successor};
+use crate::child::{self, Child, ExitStatus};
+use crate::protocol::{HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_UPSTREAM_NOTIFY_SOCKET, NOTIFY_SOCKET};
 use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
 /// Where a process is in its life; see [`Handover::phase`] and the state machine
@@ -101,15 +102,17 @@ fn reloading() -> Vec<NotifyState<'static>> {
 fn run(inner: &Inner) -> Result<u32> {
     let receiver =
         NotifyReceiver::create().map_err(|e| Error::io("creating the notify socket", e))?;
+    let mut link = vec![
+        (NOTIFY_SOCKET, receiver.path().as_os_str().to_owned()),
+        (HANDOVER_PARENT_PID, std::process::id().to_string().into()),
+        (HANDOVER_GENERATION, (inner.generation + 1).to_string().into()),
+    ];
+    if let Some(upstream) = &inner.upstream.0 {
+        link.push((HANDOVER_UPSTREAM_NOTIFY_SOCKET, upstream.clone()));
+    }
     let successor = {
         let registry = inner.registry();
-        let handoff = Handoff {
-            sockets: registry.handoff(),
-            notify_socket: receiver.path(),
-            generation: inner.generation + 1,
-            upstream_notify: inner.upstream.0.as_deref(),
-        };
-        spawn::spawn(&inner.program, &handoff).map_err(|source| Error::Spawn {
+        child::spawn(&inner.program, &registry.handoff(), &link).map_err(|source| Error::Spawn {
             program: inner.program.path.clone(),
             source,
         })?
@@ -151,13 +154,13 @@ fn run(inner: &Inner) -> Result<u32> {
 /// and reaped; any other error means it must be killed.
 fn wait_ready(
     inner: &Inner,
-    successor: &Successor,
+    successor: &Child,
     receiver: &NotifyReceiver,
     deadline: Instant,
 ) -> std::result::Result<(), Option<SuccessorFailure>> {
     loop {
         if let Some(gone) = successor.exited().map_err(|_| None)? {
-            return Err(Some(gone));
+            return Err(Some(gone.into()));
         }
         if inner.drain.is_draining() {
             return Err(Some(SuccessorFailure::Aborted));
@@ -182,12 +185,15 @@ fn wait_ready(
     }
 }
 
-fn commit(inner: &Inner, successor: Successor, took: Duration) -> Result<u32> {
+fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
     let pid = successor.pid();
     let mut phase = inner.phase();
     // A stop that arrived while we waited wins: the successor is not committed.
     if let Some(exited) = successor.exited().ok().flatten() {
-        return Err(Error::SuccessorFailed { pid, why: exited });
+        return Err(Error::SuccessorFailed {
+            pid,
+            why: exited.into(),
+        });
     }
     if inner.drain.is_draining() {
         drop(phase);
@@ -221,5 +227,14 @@ fn commit(inner: &Inner, successor: Successor, took: Duration) -> Result<u32> {
 fn write_pid_file(path: &Path, pid: u32) {
     if let Err(error) = pidfile::write(path, pid) {
         tracing::error!(%error, path = %path.display(), "cannot write PID file");
+    }
+}
+
+impl From<ExitStatus> for SuccessorFailure {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Code(code) => SuccessorFailure::Exited(code),
+            ExitStatus::Signal(signal) => SuccessorFailure::Signaled(signal),
+        }
     }
 }

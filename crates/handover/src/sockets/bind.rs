@@ -13,7 +13,7 @@ use super::{Address, SocketKind};
 /// Binds a fresh socket of `kind` at `address`, close-on-exec, with SO_REUSEADDR
 /// (so a restart does not wait out TIME_WAIT), IPv6 sockets IPv6-only (so `[::]`
 /// and `0.0.0.0` on one port can be two named sockets), listening with `backlog`.
-pub(crate) fn bind(kind: SocketKind, address: &Address, backlog: i32) -> io::Result<OwnedFd> {
+pub fn bind(kind: SocketKind, address: &Address, backlog: i32) -> io::Result<OwnedFd> {
     let socket = match (kind, address) {
         (SocketKind::TcpListener | SocketKind::Udp, Address::Inet(addr)) => bind_inet(kind, *addr)?,
         (SocketKind::UnixListener, Address::Unix(path)) => bind_unix(path)?,

@@ -19,6 +19,8 @@
 
 mod bind;
 
+pub use bind::bind;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
