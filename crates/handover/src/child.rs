@@ -75,7 +75,7 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// A started child, until it is reaped.
+/// A started child, until it is reaped. Dropping it neither kills nor reaps it.
 #[derive(Debug)]
 pub struct Child {
     pid: Pid,
@@ -89,13 +89,28 @@ pub fn spawn(
     sockets: &[(&str, BorrowedFd<'_>)],
     extra_env: &[(&str, OsString)],
 ) -> io::Result<Child> {
+    spawn_with_stderr(program, sockets, extra_env, None)
+}
+
+/// [`spawn`], with `stderr` as the child's fd 2 (e.g. a pipe, to keep its last
+/// lines for an error report).
+pub fn spawn_with_stderr(
+    program: &Program,
+    sockets: &[(&str, BorrowedFd<'_>)],
+    extra_env: &[(&str, OsString)],
+    stderr: Option<BorrowedFd<'_>>,
+) -> io::Result<Child> {
     let mut env: Vec<(OsString, OsString)> = program.env.clone();
     if !sockets.is_empty() {
         let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
         env.push((LISTEN_FDS.into(), sockets.len().to_string().into()));
         env.push((LISTEN_FDNAMES.into(), names.join(":").into()));
     }
-    env.extend(extra_env.iter().map(|(k, v)| (OsString::from(k), v.clone())));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), v.clone())),
+    );
     let envp = env
         .iter()
         .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
@@ -113,6 +128,7 @@ pub fn spawn(
         envp: &envp,
         fds: &fds,
         set_listen_pid: !fds.is_empty(),
+        stderr,
     })?;
     Ok(Child { pid })
 }
@@ -136,13 +152,13 @@ impl Child {
     /// again: its pid may be reused).
     pub fn exited(&self) -> io::Result<Option<ExitStatus>> {
         Ok(
-            rustix::process::waitpid(Some(self.pid), WaitOptions::NOHANG)?.map(|(_, status)| {
-                match (status.exit_status(), status.terminating_signal()) {
+            rustix::process::waitpid(Some(self.pid), WaitOptions::NOHANG)?.map(
+                |(_, status)| match (status.exit_status(), status.terminating_signal()) {
                     (Some(code), _) => ExitStatus::Code(code),
                     (None, Some(signal)) => ExitStatus::Signal(signal),
                     (None, None) => ExitStatus::Code(-1),
-                }
-            }),
+                },
+            ),
         )
     }
 
@@ -153,8 +169,9 @@ impl Child {
         Ok(rustix::process::kill_process(self.pid, signal)?)
     }
 
-    /// Kills it with SIGKILL and reaps it, so no zombie is left.
-    pub fn kill_and_reap(self) {
+    /// Kills it with SIGKILL and reaps it, so no zombie is left (then do not
+    /// signal it again).
+    pub fn kill_and_reap(&self) {
         if let Err(error) = rustix::process::kill_process(self.pid, Signal::KILL) {
             tracing::debug!(%error, pid = self.pid(), "kill failed (already gone?)");
         }

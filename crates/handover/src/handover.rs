@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+use crate::child::Program;
 use crate::notify::{self, Upstream};
 use crate::protocol::env::{read_inheritance, Origin};
 use crate::protocol::HANDOFF_VARIABLES;
 use crate::sockets::{Address, Registry, SocketKind, Source};
-use crate::child::Program;
 use crate::upgrade::Phase;
 use crate::{
     pidfile, signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error,

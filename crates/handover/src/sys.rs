@@ -68,6 +68,8 @@ pub(crate) struct ExecRequest<'a> {
     pub fds: &'a [BorrowedFd<'a>],
     /// Whether to add `LISTEN_PID=<child pid>` to the environment.
     pub set_listen_pid: bool,
+    /// A replacement for fd 2, if any.
+    pub stderr: Option<BorrowedFd<'a>>,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -100,6 +102,11 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
     let mut argv: Vec<*const libc::c_char> = req.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let source_raw: Vec<RawFd> = sources.iter().map(|fd| fd.as_raw_fd()).collect();
+    let stderr = req
+        .stderr
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, first_free))
+        .transpose()?;
+    let stderr_raw = stderr.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let pid_digits = pid_entry[LISTEN_PID_PREFIX.len()..].as_mut_ptr();
     let report_raw = report_write.as_raw_fd();
 
@@ -115,6 +122,7 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
         unsafe {
             child_after_fork(
                 &source_raw,
+                stderr_raw,
                 pid_digits,
                 req.program.as_ptr(),
                 argv.as_ptr(),
@@ -125,6 +133,7 @@ pub(crate) fn fork_exec(req: &ExecRequest<'_>) -> io::Result<Pid> {
     }
     drop(report_write);
     drop(sources);
+    drop(stderr);
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned pid 0"))?;
     let mut errno = [0u8; 4];
     let mut got = 0;
@@ -170,6 +179,7 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// [`fork_exec`]. Only async-signal-safe functions are called and nothing allocates.
 unsafe fn child_after_fork(
     sources: &[RawFd],
+    stderr: RawFd,
     pid_digits: *mut u8,
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -187,6 +197,10 @@ unsafe fn child_after_fork(
             libc::write(report, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(127)
         }
+    }
+    // SAFETY: dup2 onto fd 2 from a number we own above every target.
+    if stderr >= 0 && unsafe { libc::dup2(stderr, 2) } == -1 {
+        fail(report);
     }
     for (k, &source) in sources.iter().enumerate() {
         // SAFETY: dup2 on numbers we own in this child; the target is below every

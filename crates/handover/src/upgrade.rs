@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+use crate::child::{self, Child, ExitStatus};
 use crate::handover::Inner;
 use crate::notify::NotifyReceiver;
-use crate::child::{self, Child, ExitStatus};
-use crate::protocol::{HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_UPSTREAM_NOTIFY_SOCKET, NOTIFY_SOCKET};
+use crate::protocol::{
+    HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_UPSTREAM_NOTIFY_SOCKET, NOTIFY_SOCKET,
+};
 use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
 /// Where a process is in its life; see [`Handover::phase`] and the state machine
@@ -105,7 +107,10 @@ fn run(inner: &Inner) -> Result<u32> {
     let mut link = vec![
         (NOTIFY_SOCKET, receiver.path().as_os_str().to_owned()),
         (HANDOVER_PARENT_PID, std::process::id().to_string().into()),
-        (HANDOVER_GENERATION, (inner.generation + 1).to_string().into()),
+        (
+            HANDOVER_GENERATION,
+            (inner.generation + 1).to_string().into(),
+        ),
     ];
     if let Some(upstream) = &inner.upstream.0 {
         link.push((HANDOVER_UPSTREAM_NOTIFY_SOCKET, upstream.clone()));

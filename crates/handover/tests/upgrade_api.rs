@@ -203,7 +203,14 @@ fn a_ready_successor_is_committed_and_the_contract_holds() {
     let handover = Handover::builder()
         .no_signals()
         .program("/usr/bin/env")
-        .args(["env", "python3", "-c", CONTRACT_CHECKER, &port.to_string(), ctl.to_str().unwrap()])
+        .args([
+            "env",
+            "python3",
+            "-c",
+            CONTRACT_CHECKER,
+            &port.to_string(),
+            ctl.to_str().unwrap(),
+        ])
         .pid_file(&pid_file)
         .build()
         .unwrap();

@@ -1,0 +1,640 @@
+//! The supervisor's event loop: one task owns all state and reacts to one event
+//! at a time — a control request, a signal, a child's exit, a readiness verdict,
+//! or a deadline.
+//!
+//! ```text
+//!  start ─▶ Starting(first) ──ready──▶ Current ──crash──▶ (backoff) ─▶ Starting(respawn)
+//!                                         │
+//!        upgrade: Starting(upgrade) ──ready──▶ new is Current, old ─▶ Draining ─▶ exited / killed at deadline
+//!                       │
+//!                       └─ exit / timeout ─▶ killed + reaped, old stays Current (rollback)
+//! ```
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use handover::notify::NotifyState;
+use handover::{Address, SocketKind};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ReadyMode};
+use crate::control::{self, Order, Reply, Request};
+use crate::generation::Generation;
+use crate::readiness;
+use crate::status::{ChildStatus, Record, SocketStatus, Status};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const HISTORY: usize = 20;
+
+type Client = Option<mpsc::Sender<Reply>>;
+
+enum Purpose {
+    First,
+    Respawn,
+    Upgrade { client: Client },
+}
+
+struct Starting {
+    generation: Generation,
+    purpose: Purpose,
+    deadline: Instant,
+    ready: JoinHandle<Result<(), String>>,
+}
+
+struct Draining {
+    generation: Generation,
+    since: Instant,
+    deadline: Instant,
+    killed: bool,
+    client: Client,
+}
+
+enum Event {
+    Order(Request, mpsc::Sender<Reply>),
+    Upgrade,
+    Stop { fast: bool },
+    ChildExited,
+    Ready(Result<(), String>),
+    Tick,
+}
+
+struct Supervisor {
+    config: Config,
+    sockets: Vec<(String, OwnedFd, String)>,
+    probe: Option<SocketAddr>,
+    upstream: Option<OsString>,
+    current: Option<Generation>,
+    starting: Option<Starting>,
+    draining: Vec<Draining>,
+    next_number: u64,
+    upgrades: VecDeque<Record>,
+    crashes: VecDeque<Record>,
+    backoff: Duration,
+    respawn_at: Option<Instant>,
+    stopping: bool,
+    stop_clients: Vec<mpsc::Sender<Reply>>,
+}
+
+/// Runs the supervisor until it is stopped; returns the process exit code.
+pub async fn run(config: Config) -> Result<i32, String> {
+    let mut sockets = Vec::new();
+    let mut probe = None;
+    for listen in &config.listen {
+        let fd = handover::sockets::bind(listen.kind, &listen.address, 1024)
+            .map_err(|e| format!("cannot bind {:?} to {}: {e}", listen.name, listen.address))?;
+        // The address as bound (port 0 becomes the real port).
+        let mut address = listen.address.to_string();
+        if let (SocketKind::TcpListener | SocketKind::Udp, Address::Inet(_)) =
+            (listen.kind, &listen.address)
+        {
+            let local = socket2::SockRef::from(&fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            if let Some(local) = local {
+                address = local.to_string();
+                if listen.kind == SocketKind::TcpListener && probe.is_none() {
+                    probe = Some(readiness::probe_address(local));
+                }
+            }
+        }
+        sockets.push((listen.name.clone(), fd, address));
+    }
+    let listener = control::bind(&config.control).map_err(|e| {
+        format!(
+            "cannot create the control socket {}: {e}",
+            config.control.display()
+        )
+    })?;
+    let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
+    tokio::spawn(control::serve(listener, orders_tx));
+    if let Some(path) = &config.pid_file {
+        handover::pidfile::write(path, std::process::id())
+            .map_err(|e| format!("cannot write PID file {}: {e}", path.display()))?;
+    }
+    let mut supervisor = Supervisor {
+        upstream: std::env::var_os(handover::protocol::NOTIFY_SOCKET),
+        config,
+        sockets,
+        probe,
+        current: None,
+        starting: None,
+        draining: Vec::new(),
+        next_number: 1,
+        upgrades: VecDeque::new(),
+        crashes: VecDeque::new(),
+        backoff: FIRST_BACKOFF,
+        respawn_at: None,
+        stopping: false,
+        stop_clients: Vec::new(),
+    };
+    let result = supervisor.event_loop(&mut orders).await;
+    supervisor.cleanup();
+    result
+}
+
+impl Supervisor {
+    async fn event_loop(&mut self, orders: &mut mpsc::Receiver<Order>) -> Result<i32, String> {
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut chld = signal(SignalKind::child()).map_err(|e| e.to_string())?;
+        self.start(Purpose::First).map_err(|e| e.to_string())?;
+        tracing::info!(command = ?self.config.command, ready = %self.config.ready, "supervising");
+        loop {
+            if self.stopping
+                && self.current.is_none()
+                && self.starting.is_none()
+                && self.draining.is_empty()
+            {
+                for client in self.stop_clients.drain(..) {
+                    let _ = client
+                        .send(Reply::Done {
+                            ok: true,
+                            message: "stopped".into(),
+                        })
+                        .await;
+                    // Exit only once the answer is written (the handler then drops
+                    // its end), or after a second if the client does not read.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.closed()).await;
+                }
+                tracing::info!("all children gone; exiting");
+                return Ok(0);
+            }
+            let deadline = self.next_deadline();
+            let event = tokio::select! {
+                Some((request, replies)) = orders.recv() => Event::Order(request, replies),
+                _ = hup.recv() => Event::Upgrade,
+                _ = usr2.recv() => Event::Upgrade,
+                _ = term.recv() => Event::Stop { fast: false },
+                _ = quit.recv() => Event::Stop { fast: false },
+                _ = int.recv() => Event::Stop { fast: true },
+                _ = chld.recv() => Event::ChildExited,
+                verdict = ready_verdict(&mut self.starting) => Event::Ready(verdict),
+                () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
+            };
+            self.handle(event).await;
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Order(Request::Upgrade, client) => self.upgrade(Some(client)).await,
+            Event::Order(Request::Status, client) => {
+                let _ = client.send(Reply::Status(Box::new(self.status()))).await;
+            }
+            Event::Order(Request::Stop, client) => {
+                let _ = client
+                    .send(progress(
+                        "stopping: the child drains, then the supervisor exits",
+                    ))
+                    .await;
+                self.stop_clients.push(client);
+                self.stop(false).await;
+            }
+            Event::Upgrade => self.upgrade(None).await,
+            Event::Stop { fast } => self.stop(fast).await,
+            Event::ChildExited => self.reap().await,
+            Event::Ready(Ok(())) => self.commit().await,
+            Event::Ready(Err(why)) => {
+                self.fail_starting(format!("could not be checked for readiness: {why}"), false)
+                    .await
+            }
+            Event::Tick => self.tick().await,
+        }
+    }
+
+    fn start(&mut self, purpose: Purpose) -> std::io::Result<u32> {
+        let number = self.next_number;
+        self.next_number += 1;
+        let sockets: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = self
+            .sockets
+            .iter()
+            .map(|(name, fd, _)| (name.as_str(), fd.as_fd()))
+            .collect();
+        let notify = self.config.ready == ReadyMode::Notify;
+        let generation = Generation::start(number, &self.config.command, &sockets, notify)
+            .map_err(|e| {
+                let command = self
+                    .config
+                    .command
+                    .first()
+                    .map(|c| c.to_string_lossy().into_owned());
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", command.unwrap_or_default()),
+                )
+            })?;
+        let pid = generation.pid();
+        let socket = generation
+            .notify
+            .as_ref()
+            .and_then(|n| n.socket().try_clone().ok());
+        let (mode, probe) = (self.config.ready.clone(), self.probe);
+        let ready =
+            tokio::spawn(async move { readiness::wait(&mode, pid, socket.as_ref(), probe).await });
+        tracing::info!(pid, generation = number, "child started");
+        self.starting = Some(Starting {
+            generation,
+            purpose,
+            deadline: Instant::now() + self.config.ready_timeout,
+            ready,
+        });
+        Ok(pid)
+    }
+
+    async fn upgrade(&mut self, client: Client) {
+        let refusal = if self.stopping {
+            Some("the supervisor is stopping".to_owned())
+        } else if let Some(starting) = &self.starting {
+            Some(format!(
+                "an upgrade or restart is already under way (new pid {})",
+                starting.generation.pid()
+            ))
+        } else if self.current.is_none() {
+            Some("no child is running (it crashed and is being restarted)".to_owned())
+        } else if self.draining.len() >= self.config.max_draining {
+            let pids: Vec<String> = self
+                .draining
+                .iter()
+                .map(|d| d.generation.pid().to_string())
+                .collect();
+            Some(format!(
+                "{} old child(ren) still draining (pid {}), and --max-draining is {}; try again when they exit",
+                self.draining.len(),
+                pids.join(", "),
+                self.config.max_draining
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            tracing::warn!(%message, "upgrade refused");
+            done(&client, false, format!("upgrade refused: {message}")).await;
+            return;
+        }
+        let mut reloading = vec![NotifyState::Reloading];
+        reloading.extend(NotifyState::monotonic_usec_now().ok());
+        self.notify_upstream(&reloading);
+        let client_for_start = client.clone();
+        match self.start(Purpose::Upgrade {
+            client: client_for_start,
+        }) {
+            Ok(pid) => {
+                let number = self.next_number - 1;
+                say(
+                    &client,
+                    format!("new pid {pid} started (generation {number})"),
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "upgrade failed");
+                self.record_upgrade(false, error.to_string());
+                done(
+                    &client,
+                    false,
+                    format!("upgrade failed: {error}; the old child keeps serving"),
+                )
+                .await;
+                self.notify_upstream(&[NotifyState::Ready]);
+            }
+        }
+    }
+
+    async fn commit(&mut self) {
+        let Some(starting) = self.starting.take() else {
+            return;
+        };
+        let mut generation = starting.generation;
+        let took = generation.started.elapsed();
+        generation.ready_at = Some(Instant::now());
+        let pid = generation.pid();
+        tracing::info!(pid, after = ?took, "child ready");
+        self.backoff = FIRST_BACKOFF;
+        match starting.purpose {
+            Purpose::First | Purpose::Respawn => self.current = Some(generation),
+            Purpose::Upgrade { client } => {
+                say(
+                    &client,
+                    format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
+                )
+                .await;
+                let old = self.current.replace(generation);
+                match old {
+                    Some(old) => {
+                        let old_pid = old.pid();
+                        self.record_upgrade(
+                            true,
+                            format!(
+                                "pid {old_pid} → {pid}, ready after {:.2}s",
+                                took.as_secs_f64()
+                            ),
+                        );
+                        if let Err(error) = old.child.signal(self.config.stop_signal) {
+                            tracing::warn!(%error, pid = old_pid, "cannot signal the old child");
+                        }
+                        say(&client, format!("old pid {old_pid} draining")).await;
+                        self.draining.push(Draining {
+                            generation: old,
+                            since: Instant::now(),
+                            deadline: Instant::now() + self.config.drain_timeout,
+                            killed: false,
+                            client,
+                        });
+                    }
+                    None => {
+                        self.record_upgrade(
+                            true,
+                            format!("pid {pid} ready (the old child had exited)"),
+                        );
+                        done(&client, true, format!("new pid {pid} serving")).await;
+                    }
+                }
+            }
+        }
+        self.notify_upstream(&[NotifyState::Ready]);
+    }
+
+    /// The starting child is not committed: kill it (unless it already exited
+    /// and was reaped) and report why, with its last stderr lines.
+    async fn fail_starting(&mut self, why: String, reaped: bool) {
+        let Some(starting) = self.starting.take() else {
+            return;
+        };
+        starting.ready.abort();
+        let mut generation = starting.generation;
+        let pid = generation.pid();
+        if !reaped {
+            generation.child.kill_and_reap();
+        }
+        let tail = generation.stderr_tail().await;
+        let mut message = format!("new pid {pid} {why}");
+        if !tail.is_empty() {
+            message.push_str("; last lines of its stderr:\n  ");
+            message.push_str(&tail.join("\n  "));
+        }
+        tracing::error!(%message, "child not ready");
+        match starting.purpose {
+            Purpose::Upgrade { client } => {
+                self.record_upgrade(false, message.clone());
+                done(
+                    &client,
+                    false,
+                    format!("upgrade failed: {message}\nthe old child keeps serving"),
+                )
+                .await;
+                self.notify_upstream(&[NotifyState::Ready]);
+            }
+            Purpose::First | Purpose::Respawn => self.schedule_respawn(),
+        }
+    }
+
+    async fn reap(&mut self) {
+        let starting_exit = self
+            .starting
+            .as_ref()
+            .and_then(|s| s.generation.child.exited().ok().flatten());
+        if let Some(status) = starting_exit {
+            self.fail_starting(format!("{status} before it was ready"), true)
+                .await;
+        }
+        let current_exit = self
+            .current
+            .as_ref()
+            .and_then(|c| c.child.exited().ok().flatten());
+        if let Some(status) = current_exit {
+            let crashed = self.current.take().map(|c| c.pid()).unwrap_or_default();
+            if !self.stopping {
+                let message = format!(
+                    "pid {crashed} {status} unexpectedly; restarting it (sockets stay open)"
+                );
+                tracing::error!(%message);
+                push(&mut self.crashes, false, message);
+                self.schedule_respawn();
+            }
+        }
+        let mut still = Vec::new();
+        for draining in std::mem::take(&mut self.draining) {
+            match draining.generation.child.exited() {
+                Ok(Some(status)) => {
+                    let (pid, took) = (
+                        draining.generation.pid(),
+                        draining.since.elapsed().as_secs_f64(),
+                    );
+                    let how = if draining.killed {
+                        "was killed at the drain deadline".to_owned()
+                    } else {
+                        status.to_string()
+                    };
+                    tracing::info!(pid, %how, "old child gone");
+                    done(
+                        &draining.client,
+                        true,
+                        format!("old pid {pid} {how} after draining {took:.2}s"),
+                    )
+                    .await;
+                }
+                _ => still.push(draining),
+            }
+        }
+        self.draining = still;
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        if self.starting.as_ref().is_some_and(|s| s.deadline <= now) {
+            let why = format!(
+                "was not ready within {}",
+                humantime::format_duration(self.config.ready_timeout)
+            );
+            self.fail_starting(why, false).await;
+        }
+        for draining in &mut self.draining {
+            if !draining.killed && draining.deadline <= now {
+                draining.killed = true;
+                let pid = draining.generation.pid();
+                tracing::warn!(
+                    pid,
+                    "old child still running at the drain deadline; killing it"
+                );
+                let _ = draining.generation.child.signal(libc::SIGKILL);
+                say(
+                    &draining.client,
+                    format!("old pid {pid} still running at the drain deadline: killed"),
+                )
+                .await;
+            }
+        }
+        if self.respawn_at.is_some_and(|at| at <= now) && self.starting.is_none() && !self.stopping
+        {
+            self.respawn_at = None;
+            if let Err(error) = self.start(Purpose::Respawn) {
+                tracing::error!(%error, "restart failed");
+                self.schedule_respawn();
+            }
+        }
+    }
+
+    fn schedule_respawn(&mut self) {
+        if self.stopping || self.current.is_some() {
+            return;
+        }
+        tracing::warn!(after = ?self.backoff, "restarting the child");
+        self.respawn_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    async fn stop(&mut self, fast: bool) {
+        if !self.stopping {
+            self.notify_upstream(&[NotifyState::Stopping]);
+        }
+        self.stopping = true;
+        self.respawn_at = None;
+        if self.starting.is_some() {
+            self.fail_starting("was abandoned: the supervisor is stopping".into(), false)
+                .await;
+        }
+        if let Some(current) = self.current.take() {
+            let _ = current.child.signal(if fast {
+                libc::SIGKILL
+            } else {
+                self.config.stop_signal
+            });
+            self.draining.push(Draining {
+                generation: current,
+                since: Instant::now(),
+                deadline: Instant::now() + self.config.drain_timeout,
+                killed: fast,
+                client: None,
+            });
+        }
+        if fast {
+            for draining in &mut self.draining {
+                let _ = draining.generation.child.signal(libc::SIGKILL);
+                draining.killed = true;
+            }
+        }
+        tracing::info!(fast, "stopping");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let starting = self.starting.as_ref().map(|s| s.deadline);
+        let draining = self
+            .draining
+            .iter()
+            .filter(|d| !d.killed)
+            .map(|d| d.deadline);
+        starting
+            .into_iter()
+            .chain(draining)
+            .chain(self.respawn_at)
+            .fold(far, Instant::min)
+    }
+
+    fn notify_upstream(&self, states: &[NotifyState<'_>]) {
+        if let Some(target) = &self.upstream {
+            if let Err(error) = handover::notify::send(target, states) {
+                tracing::warn!(%error, "cannot notify the service manager");
+            }
+        }
+    }
+
+    fn record_upgrade(&mut self, ok: bool, message: String) {
+        push(&mut self.upgrades, ok, message);
+    }
+
+    fn status(&self) -> Status {
+        let child = |g: &Generation| ChildStatus {
+            pid: g.pid(),
+            generation: g.number,
+            age_s: g.started.elapsed().as_secs_f64(),
+        };
+        Status {
+            supervisor_pid: std::process::id(),
+            command: self
+                .config
+                .command
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect(),
+            sockets: self
+                .sockets
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _, address))| SocketStatus {
+                    name: name.clone(),
+                    address: address.clone(),
+                    fd: 3 + i as i32,
+                })
+                .collect(),
+            current: self.current.as_ref().map(child),
+            starting: self.starting.as_ref().map(|s| child(&s.generation)),
+            draining: self.draining.iter().map(|d| child(&d.generation)).collect(),
+            upgrades: self.upgrades.iter().cloned().collect(),
+            crashes: self.crashes.iter().cloned().collect(),
+            stopping: self.stopping,
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for draining in self.draining.drain(..) {
+            draining.generation.child.kill_and_reap();
+        }
+        if let Some(path) = &self.config.pid_file {
+            handover::pidfile::remove_if_holds(path, std::process::id());
+        }
+        let _ = std::fs::remove_file(&self.config.control);
+    }
+}
+
+async fn ready_verdict(starting: &mut Option<Starting>) -> Result<(), String> {
+    match starting {
+        Some(starting) => match (&mut starting.ready).await {
+            Ok(verdict) => verdict,
+            Err(error) => Err(error.to_string()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn push(records: &mut VecDeque<Record>, ok: bool, message: String) {
+    if records.len() == HISTORY {
+        records.pop_front();
+    }
+    let at_unix_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    records.push_back(Record {
+        at_unix_s,
+        ok,
+        message,
+    });
+}
+
+fn progress(message: impl Into<String>) -> Reply {
+    Reply::Progress {
+        message: message.into(),
+    }
+}
+
+async fn say(client: &Client, message: String) {
+    if let Some(client) = client {
+        let _ = client.send(progress(message)).await;
+    }
+}
+
+async fn done(client: &Client, ok: bool, message: String) {
+    if let Some(client) = client {
+        let _ = client.send(Reply::Done { ok, message }).await;
+    }
+}
