@@ -172,6 +172,23 @@ fn systemd_hears_ready_reloading_mainpid_and_stopping() {
     assert_eq!(next(), "STOPPING=1\n");
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<String>;
+type H2Connection = tokio::task::JoinHandle<hyper::Result<()>>;
+
+/// Opens an HTTP/2 (prior knowledge) connection; its driver runs on `runtime`.
+fn http2_connect(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> (H2Sender, H2Connection) {
+    let (sender, connection) = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap()
+    });
+    (sender, runtime.spawn(connection))
+}
+
 #[test]
 fn http2_connections_get_goaway_and_finish_their_streams() {
     // The successor's start-up delay gives the slow stream time to reach the old
@@ -185,16 +202,7 @@ fn http2_connections_get_goaway_and_finish_their_streams() {
             .unwrap()
     };
     let old = server.current_pid().unwrap();
-    let (mut sender, connection) = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap()
-    });
-    let connection = runtime.spawn(connection);
+    let (mut sender, connection) = http2_connect(&runtime, addr);
     let first = runtime.block_on(sender.send_request(request("/"))).unwrap();
     assert_eq!(first.version(), hyper::Version::HTTP_2);
     let slow = runtime.spawn(sender.send_request(request("/slow?ms=1000")));
@@ -220,16 +228,7 @@ fn http2_connection_idle_at_drain_gets_goaway_after_its_first_request() {
     let mut server = Server::start("h2-late", &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let addr = server.addr;
-    let (mut sender, connection) = runtime.block_on(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap()
-    });
-    let connection = runtime.spawn(connection);
+    let (mut sender, connection) = http2_connect(&runtime, addr);
     let (old, _) = server.upgrade();
     runtime.block_on(async {
         let request = hyper::Request::get(format!("http://{addr}/"))
