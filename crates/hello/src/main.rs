@@ -103,7 +103,11 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
             context: "reading the local address".into(),
             source: e,
         })?;
-        println!("listening on http://{local} name={name} pid={pid} generation={generation}");
+        // Not println!: a successor inherits stdout, and if whoever read it is
+        // gone, a write error must not end a server that is otherwise fine.
+        let line =
+            format!("listening on http://{local} name={name} pid={pid} generation={generation}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
         listeners.push(listener);
     }
 

@@ -112,3 +112,47 @@ fn slow_request_started_before_upgrade_completes_in_old_process() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.contains(&format!("x-pid: {new}")), "{response}");
 }
+
+/// A successor inherits stdout; if the reader of that pipe is gone, the
+/// successor must still start (a write error is not a reason to die).
+#[test]
+fn upgrade_works_when_stdout_is_a_closed_pipe() {
+    use std::io::BufRead;
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let scratch = Scratch::new("stdout");
+    let pid_file = scratch.path("hello.pid");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hello"))
+        .args(["--listen", "127.0.0.1:0", "--pid-file"])
+        .arg(&pid_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(scratch.path("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe has no reader any more.
+    let pid = child.id();
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    wait_until("ready", Duration::from_secs(20), || {
+        (read_pid() == Some(pid)).then_some(())
+    });
+    signal(pid, rustix::process::Signal::HUP);
+    let new = wait_until("the successor to commit", Duration::from_secs(20), || {
+        read_pid().filter(|&p| p != pid)
+    });
+    wait_until("the old process to exit", Duration::from_secs(10), || {
+        exited(pid).then_some(())
+    });
+    signal(new, rustix::process::Signal::KILL);
+    wait_until("the successor to exit", Duration::from_secs(10), || {
+        exited(new).then_some(())
+    });
+}

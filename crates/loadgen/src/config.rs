@@ -28,6 +28,24 @@ impl Mode {
     }
 }
 
+/// What each attempt exchanges with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 `GET` requests; connections used as [`Mode`] says.
+    Http,
+    /// Plain TCP, one connection per attempt: connect, write
+    /// [`LoadConfig::message`], read one line (`\n`-terminated). A line read is
+    /// a success; pids or generations are taken from `pid=N` / `generation=N`
+    /// in it. [`Mode`] does not apply.
+    Tcp,
+    /// Long-lived connections: each worker opens one connection at the start
+    /// and, every [`LoadConfig::interval`], writes [`LoadConfig::message`] and
+    /// must read exactly one line back. A broken exchange is a failure; the
+    /// next exchange reopens the connection (a fresh connection). [`Mode`]
+    /// does not apply.
+    LongLived,
+}
+
 /// Configuration of one load run.
 ///
 /// Build it with [`LoadConfig::new`] and adjust it with the builder-style
@@ -62,11 +80,20 @@ pub struct LoadConfig {
     pub request_timeout: Duration,
     /// Bound on establishing a TCP connection.
     pub connect_timeout: Duration,
+    /// What an attempt exchanges (default [`Protocol::Http`]).
+    pub protocol: Protocol,
+    /// `Host` header of HTTP requests (default: the address).
+    pub host: Option<String>,
+    /// Bytes written per attempt by the line protocols (default `ping\n`).
+    pub message: Vec<u8>,
+    /// Time between exchanges on one long-lived connection (default 100 ms).
+    pub interval: Duration,
 }
 
 impl LoadConfig {
     /// Defaults: path `/`, 1 connection, [`Mode::KeepAlive`], 10 s duration,
-    /// no request cap, 5 s request timeout, 2 s connect timeout.
+    /// no request cap, 5 s request timeout, 2 s connect timeout,
+    /// [`Protocol::Http`], message `ping\n`, 100 ms interval.
     pub fn new(addr: SocketAddr) -> Self {
         LoadConfig {
             addr,
@@ -77,6 +104,10 @@ impl LoadConfig {
             max_requests: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            protocol: Protocol::Http,
+            host: None,
+            message: b"ping\n".to_vec(),
+            interval: Duration::from_millis(100),
         }
     }
 
@@ -119,6 +150,31 @@ impl LoadConfig {
     /// Sets the bound on establishing a connection.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets what each attempt exchanges.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the `Host` header of HTTP requests.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Sets the bytes the line protocols write per attempt (a line, normally
+    /// ending with `\n`).
+    pub fn message(mut self, message: impl Into<Vec<u8>>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    /// Sets the time between exchanges on one long-lived connection.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
         self
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::identity::{self, BODY_SCAN_BYTES};
 use crate::outcome::{Failure, FailureKind};
 
 /// Upper bound on the size of a response head (status line + headers).
@@ -43,9 +44,9 @@ struct Head {
 }
 
 /// Builds the bytes of a `GET` request.
-pub(crate) fn request_bytes(path: &str, addr: SocketAddr, close: bool) -> Vec<u8> {
+pub(crate) fn request_bytes(path: &str, host: &str, close: bool) -> Vec<u8> {
     let connection = if close { "Connection: close\r\n" } else { "" };
-    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}\r\n").into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{connection}\r\n").into_bytes()
 }
 
 fn malformed(detail: impl Into<String>) -> Failure {
@@ -59,6 +60,11 @@ pub(crate) struct Conn {
     buf: Vec<u8>,
     /// Bytes received for the response currently being read.
     received: usize,
+    /// The start of the current body, kept to find `pid=N` / `generation=N`
+    /// when the headers do not tell.
+    body: Vec<u8>,
+    /// How many more body bytes to keep in `body`.
+    capture: usize,
 }
 
 impl Conn {
@@ -78,6 +84,8 @@ impl Conn {
             stream,
             buf: Vec::with_capacity(8 * 1024),
             received: 0,
+            body: Vec::new(),
+            capture: 0,
         })
     }
 
@@ -98,7 +106,18 @@ impl Conn {
                 break head;
             }
         };
+        self.body.clear();
+        self.capture = if head.pid.is_none() || head.generation.is_none() {
+            BODY_SCAN_BYTES
+        } else {
+            0
+        };
         let delimited = self.read_body(&head).await?;
+        let (mut pid, mut generation) = (head.pid, head.generation);
+        if !self.body.is_empty() {
+            pid = pid.or_else(|| identity::scan(&self.body, "pid"));
+            generation = generation.or_else(|| identity::scan(&self.body, "generation"));
+        }
         let persistent = if head.http10 {
             head.keep_alive && !head.close
         } else {
@@ -106,8 +125,8 @@ impl Conn {
         };
         Ok(Response {
             status: head.status,
-            pid: head.pid,
-            generation: head.generation,
+            pid,
+            generation,
             reusable: delimited && persistent,
         })
     }
@@ -158,10 +177,14 @@ impl Conn {
             self.skip(len, "body").await.map(|()| true)
         } else {
             // No framing: the body extends to the end of the connection.
+            self.keep_body(self.buf.len());
             self.buf.clear();
             loop {
                 match self.fill("body until close").await {
-                    Ok(()) => self.buf.clear(),
+                    Ok(()) => {
+                        self.keep_body(self.buf.len());
+                        self.buf.clear();
+                    }
                     Err(failure) if failure.kind == FailureKind::Eof => return Ok(false),
                     Err(failure) => return Err(failure),
                 }
@@ -196,6 +219,7 @@ impl Conn {
                 .buf
                 .len()
                 .min(usize::try_from(len).unwrap_or(usize::MAX));
+            self.keep_body(take);
             self.buf.drain(..take);
             len -= take as u64;
             if len == 0 {
@@ -203,6 +227,14 @@ impl Conn {
             }
             self.fill(reading).await?;
         }
+    }
+
+    /// Keeps up to `len` bytes from the start of the buffer as body bytes to
+    /// scan for an identity.
+    fn keep_body(&mut self, len: usize) {
+        let keep = len.min(self.capture);
+        self.body.extend_from_slice(&self.buf[..keep]);
+        self.capture -= keep;
     }
 
     /// Consumes one CRLF-terminated line and returns it without the CRLF.
@@ -310,10 +342,9 @@ mod tests {
 
     #[test]
     fn request_has_close_header_only_in_close_mode() {
-        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let keep = request_bytes("/x", addr, false);
+        let keep = request_bytes("/x", "127.0.0.1:80", false);
         assert_eq!(keep, b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:80\r\n\r\n");
-        let close = String::from_utf8(request_bytes("/", addr, true)).unwrap();
+        let close = String::from_utf8(request_bytes("/", "localhost:80", true)).unwrap();
         assert!(close.ends_with("Connection: close\r\n\r\n"));
     }
 }

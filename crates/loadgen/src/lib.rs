@@ -1,7 +1,10 @@
-//! `handover-loadgen`: an HTTP/1.1 load generator that counts every failure.
+//! `handover-loadgen`: a load generator that counts every failure.
 //!
-//! It drives a server with `GET` requests from a number of concurrent workers
-//! while the server is being upgraded, and records one [`Sample`] per attempt.
+//! It drives a server from a number of concurrent workers while the server is
+//! being upgraded, and records one [`Sample`] per attempt. An attempt is an
+//! HTTP/1.1 `GET` ([`Protocol::Http`]), a line exchanged on a new TCP
+//! connection ([`Protocol::Tcp`]) or a line exchanged on a long-lived
+//! connection ([`Protocol::LongLived`]).
 //! It is built to *detect* dropped requests, so:
 //!
 //! * it never retries: every attempt is counted exactly once, as a success or
@@ -11,7 +14,10 @@
 //!   are observed directly, not through a pool that may hide them;
 //! * a keep-alive worker writes its next request straight onto its existing
 //!   connection without probing it first, so a server closing an idle
-//!   keep-alive connection shows up as a failure.
+//!   keep-alive connection shows up as a failure;
+//! * the server's identity is recorded when it tells it: `x-pid` /
+//!   `x-generation` headers, or `pid=N` / `generation=N` in the body (first
+//!   1 KiB) or the reply line.
 //!
 //! Runs are bounded by [`LoadConfig::duration`] and optionally
 //! [`LoadConfig::max_requests`]; attempts in flight when the run stops are
@@ -40,6 +46,9 @@
 
 mod config;
 mod http;
+mod identity;
+mod line;
+mod line_worker;
 mod outcome;
 mod report;
 mod stats;
@@ -47,14 +56,15 @@ mod thread;
 mod worker;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-pub use config::{LoadConfig, Mode};
+pub use config::{LoadConfig, Mode, Protocol};
 pub use http::MAX_HEAD_BYTES;
+pub use line_worker::LINE_STATUS;
 pub use outcome::{Failure, FailureKind, Outcome, Sample};
 pub use report::Report;
 pub use stats::LiveStats;
@@ -81,19 +91,42 @@ pub async fn run_observed(
     stop: impl Future<Output = ()>,
     stats: LiveStats,
 ) -> Report {
-    let started = Instant::now();
+    run_from(Instant::now(), config, stop, stats).await
+}
+
+/// Like [`run_observed`], with the run's time origin given: sample offsets
+/// ([`Sample::start`]) are relative to `started`, and the duration counts
+/// from it. Lets a caller put its own events (e.g. upgrade commands) on the
+/// same clock as the samples.
+///
+/// # Panics
+///
+/// Must be called within a tokio runtime (workers are spawned as tasks).
+pub async fn run_from(
+    started: Instant,
+    config: LoadConfig,
+    stop: impl Future<Output = ()>,
+    stats: LiveStats,
+) -> Report {
     let shared = Arc::new(worker::Shared {
         deadline: started.checked_add(config.duration),
         config,
         started,
         stop: AtomicBool::new(false),
+        stopped: tokio::sync::watch::Sender::new(false),
         issued: AtomicU64::new(0),
         stats,
     });
     let mut workers = JoinSet::new();
     for index in 0..shared.config.connections {
         let shared = Arc::clone(&shared);
-        workers.spawn(async move { worker::worker(&shared, index).await });
+        workers.spawn(async move {
+            match shared.config.protocol {
+                Protocol::Http => worker::worker(&shared, index).await,
+                Protocol::Tcp => line_worker::tcp_worker(&shared, index).await,
+                Protocol::LongLived => line_worker::long_lived_worker(&shared, index).await,
+            }
+        });
     }
     let mut stop = std::pin::pin!(stop);
     let mut stopping = false;
@@ -110,7 +143,7 @@ pub async fn run_observed(
             },
             () = &mut stop, if !stopping => {
                 stopping = true;
-                shared.stop.store(true, Ordering::Relaxed);
+                shared.request_stop();
             }
         }
     }

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::config::LoadConfig;
 use crate::http::{self, Conn};
 use crate::outcome::{Failure, FailureKind, Outcome, Sample};
@@ -18,6 +20,8 @@ pub(crate) struct Shared {
     pub deadline: Option<Instant>,
     /// Set when the run is stopped early.
     pub stop: AtomicBool,
+    /// Also set when the run is stopped early, to wake sleeping workers.
+    pub stopped: watch::Sender<bool>,
     /// Number of attempts started so far, to enforce `max_requests` exactly.
     pub issued: AtomicU64,
     pub stats: LiveStats,
@@ -26,12 +30,37 @@ pub(crate) struct Shared {
 impl Shared {
     /// Claims the right to start one more attempt, or returns `false` when
     /// the run is over (stopped, past its deadline, or out of requests).
-    fn claim(&self) -> bool {
+    pub fn claim(&self) -> bool {
         if self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
         let issued = self.issued.fetch_add(1, Ordering::Relaxed);
         self.config.max_requests.map_or(true, |max| issued < max)
+    }
+
+    /// Stops the run early: no attempt starts after this.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stopped.send_replace(true);
+    }
+
+    /// Sleeps until `when`; returns `false` (possibly early) if the run is
+    /// stopped or its deadline comes first.
+    pub async fn sleep_until(&self, when: Instant) -> bool {
+        if self.deadline.is_some_and(|d| when >= d) {
+            return false;
+        }
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep_until(when.into()) => !self.stop.load(Ordering::Relaxed),
+            _ = stopped.wait_for(|stopped| *stopped) => false,
+        }
+    }
+
+    /// Records a finished attempt in the live counters and returns its sample.
+    pub fn finish(&self, sample: Sample) -> Sample {
+        self.stats.record(sample.is_success());
+        sample
     }
 }
 
@@ -43,7 +72,11 @@ impl Shared {
 pub(crate) async fn worker(shared: &Shared, index: usize) -> Vec<Sample> {
     let config = &shared.config;
     let keep_alive = config.mode.keep_alive_for(index);
-    let request = http::request_bytes(&config.path, config.addr, !keep_alive);
+    let host = config
+        .host
+        .clone()
+        .unwrap_or_else(|| config.addr.to_string());
+    let request = http::request_bytes(&config.path, &host, !keep_alive);
     let mut samples = Vec::new();
     let mut kept: Option<Conn> = None;
     while shared.claim() {
@@ -97,8 +130,7 @@ pub(crate) async fn worker(shared: &Shared, index: usize) -> Vec<Sample> {
             pid,
             generation,
         };
-        shared.stats.record(sample.is_success());
-        samples.push(sample);
+        samples.push(shared.finish(sample));
     }
     samples
 }

@@ -1,0 +1,60 @@
+//! `handover`: the command-line face of the toolkit.
+//!
+//! - `handover check` drives load at a server while running its upgrade command,
+//!   and proves (or disproves) that no request failed.
+//! - `handover run -- CMD` supervises an unmodified server: it holds the sockets
+//!   and replaces the server with zero downtime on `handover upgrade` or SIGHUP;
+//!   `handover status` and `handover stop` talk to it.
+//!
+//! Each subcommand lives in its own module; this file only dispatches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod supervise;
+
+/// Zero-downtime upgrades for network servers.
+#[derive(Debug, Parser)]
+#[command(name = "handover", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive load at a server while upgrading it; report every failure.
+    Check(check::Args),
+    /// Run a server with sockets held for it, upgradable with zero downtime.
+    Run(supervise::RunArgs),
+    /// Upgrade the server under a running supervisor; show each step.
+    Upgrade(supervise::ClientArgs),
+    /// Show a running supervisor's children, sockets and last upgrades.
+    Status(supervise::ClientArgs),
+    /// Stop the server gracefully, then the supervisor.
+    Stop(supervise::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check::main(args),
+        Command::Run(args) => supervise::run(args),
+        Command::Upgrade(args) => {
+            supervise::client(handover_supervisor::control::Request::Upgrade, args)
+        }
+        Command::Status(args) => {
+            supervise::client(handover_supervisor::control::Request::Status, args)
+        }
+        Command::Stop(args) => supervise::client(handover_supervisor::control::Request::Stop, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("handover: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `handover run`, `upgrade`, `status`, `stop`: the supervisor and its clients.
+//! The work is done by the `handover-supervisor` crate; this module parses the
+//! command line and prints.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use handover_supervisor::config::{default_control_path, parse_signal};
+use handover_supervisor::control::{self, Reply, Request};
+use handover_supervisor::{Config, Listen, ReadyMode};
+
+/// Arguments of `handover run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A socket to hold and pass to the server: NAME=HOST:PORT (TCP),
+    /// NAME=udp://HOST:PORT, NAME=unix:PATH. Repeatable; fds 3, 4, … in this order.
+    #[arg(long = "listen", value_name = "NAME=ADDR")]
+    listen: Vec<Listen>,
+    /// How a new child proves it is ready: notify (sd_notify READY=1),
+    /// http:PATH, tcp, or delay:DURATION.
+    #[arg(long, default_value = "notify")]
+    ready: ReadyMode,
+    /// How long a new child may take to be ready before it is killed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    ready_timeout: Duration,
+    /// The signal that asks an old child to drain and exit.
+    #[arg(long, value_parser = parse_signal, default_value = "TERM")]
+    stop_signal: i32,
+    /// How long an old child may drain before it is killed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
+    /// At most this many old children draining at once; an upgrade beyond
+    /// that is refused.
+    #[arg(long, default_value_t = 1)]
+    max_draining: usize,
+    /// Write the supervisor's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// The control socket (default: next to the PID file, else in
+    /// $XDG_RUNTIME_DIR).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The server command; `{fd:NAME}` in it is replaced by NAME's fd number.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Where to find a running supervisor.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The supervisor's control socket.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The supervisor's PID file (the control socket is next to it).
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Print replies as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClientArgs {
+    fn control_path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| default_control_path(self.pid_file.as_deref()))
+    }
+}
+
+/// `handover run`.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config {
+        control: args
+            .control
+            .unwrap_or_else(|| default_control_path(args.pid_file.as_deref())),
+        listen: args.listen,
+        ready: args.ready,
+        ready_timeout: args.ready_timeout,
+        stop_signal: args.stop_signal,
+        drain_timeout: args.drain_timeout,
+        max_draining: args.max_draining.max(1),
+        pid_file: args.pid_file,
+        command: args.command,
+    };
+    // One thread: the supervisor is idle almost always and must stay small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(handover_supervisor::run(config)) {
+        Ok(code) => Ok(ExitCode::from(code as u8)),
+        Err(message) => anyhow::bail!(message),
+    }
+}
+
+/// `handover upgrade`, `status` or `stop`.
+pub fn client(request: Request, args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let path = args.control_path();
+    let json = args.json;
+    let last = runtime.block_on(control::request(&path, request, |reply| print(reply, json)))?;
+    Ok(match last {
+        Reply::Done { ok: true, .. } | Reply::Status(_) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn print(reply: &Reply, json: bool) {
+    if json {
+        if let Ok(line) = serde_json::to_string(reply) {
+            println!("{line}");
+        }
+        return;
+    }
+    match reply {
+        Reply::Progress { message } => println!("{message}"),
+        Reply::Done { ok: true, message } => println!("{message}"),
+        Reply::Done { ok: false, message } | Reply::Error { message } => eprintln!("{message}"),
+        Reply::Status(status) => print!("{status}"),
+    }
+}

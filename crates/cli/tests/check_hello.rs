@@ -1,0 +1,185 @@
+//! `handover check` against the real example server, `hello`, upgraded by
+//! SIGHUP three times: a correct zero-downtime server, so the verdict must be
+//! a pass with every generation answering.
+//!
+//! `hello` is not a dependency of this crate, so its binary is taken from the
+//! same target directory as `handover`, built there with `cargo build -p hello`
+//! (quick when it is up to date). Each generation of hello is the child of the
+//! previous one; this test process makes itself a child subreaper so every
+//! generation ends up its child, and ends and reaps them all by pid.
+
+mod check_support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use check_support::{check, Scratch};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+/// Builds `hello` next to the `handover` binary and returns its path.
+fn hello_binary() -> PathBuf {
+    let handover = PathBuf::from(env!("CARGO_BIN_EXE_handover"));
+    let profile_dir = handover.parent().expect("the binary's directory");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "hello", "--bin", "hello"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build.status().expect("run cargo build -p hello");
+    assert!(status.success(), "cargo build -p hello failed: {status}");
+    let hello = profile_dir.join("hello");
+    assert!(hello.exists(), "no hello binary at {}", hello.display());
+    hello
+}
+
+/// Every hello process this test started (directly or through upgrades);
+/// killed and reaped at drop.
+struct Pids(BTreeSet<u32>);
+
+impl Pids {
+    fn end_all(&mut self) {
+        for &pid in &self.0 {
+            if let Some(pid) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+        for &pid in &self.0 {
+            let Some(pid) = Pid::from_raw(pid as i32) else {
+                continue;
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            // Reaped once it is our (adopted) child and has exited.
+            while Instant::now() < deadline {
+                match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        self.end_all();
+    }
+}
+
+#[test]
+fn hello_upgraded_three_times_passes_with_every_generation_answering() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let hello = hello_binary();
+    let dir = Scratch::new("hello");
+    let pid_file = dir.path("hello.pid");
+    // stdout to a file, not a pipe: every generation inherits it and prints
+    // its address there (a closed pipe would kill the successors).
+    let log = dir.path("hello.out");
+    let child = Command::new(&hello)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--startup-delay",
+            "200ms",
+            "--pid-file",
+        ])
+        .arg(&pid_file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hello");
+    // Reaped through waitpid in `Pids`, like every later generation.
+    let mut pids = Pids(BTreeSet::from([child.id()]));
+    drop(child);
+    let started = Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "hello never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first_line = std::fs::read_to_string(&log).unwrap();
+    let addr = first_line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("unexpected output {first_line:?}"))
+        .to_owned();
+
+    let upgrade = format!("kill -HUP $(cat '{}')", pid_file.display());
+    let run = check(&[
+        "--target",
+        &format!("http://{addr}/"),
+        "--upgrade",
+        &upgrade,
+        "--every",
+        "1s",
+        "--upgrade-count",
+        "3",
+        "--connections",
+        "8",
+        "--json",
+    ]);
+    let json = run.json();
+    let answered_pids: Vec<u32> = json["answered_by_pid"]
+        .as_object()
+        .map(|pids| pids.keys().filter_map(|pid| pid.parse().ok()).collect())
+        .unwrap_or_default();
+    pids.0.extend(answered_pids);
+    if let Some(current) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+    {
+        pids.0.insert(current);
+    }
+
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(json["verdict"], "pass");
+    assert_eq!(run.n(&["failed"]), 0, "{run:?}");
+    assert!(run.n(&["requests"]) > 100, "{run:?}");
+    let upgrades = json["upgrades"].as_array().unwrap();
+    assert_eq!(upgrades.len(), 3, "{run:?}");
+    assert!(
+        upgrades
+            .iter()
+            .all(|u| u["ok"] == true && u["exit_status"] == 0),
+        "{run:?}"
+    );
+    let generations = json["answered_by"].as_object().unwrap();
+    assert!(
+        generations.len() > 1,
+        "more than one generation answered: {run:?}"
+    );
+    assert_eq!(
+        generations.keys().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"],
+        "every generation answered: {run:?}"
+    );
+    // Each upgrade's window closed on the new generation's first answer,
+    // which comes after hello's 200 ms start-up.
+    for (i, upgrade) in upgrades.iter().enumerate() {
+        assert_eq!(
+            upgrade["new_answered_by"]
+                .as_str()
+                .map(|who| who.starts_with(&format!("generation {}, pid", i + 1))),
+            Some(true),
+            "{run:?}"
+        );
+        let waited = upgrade["first_new_answer_s"].as_f64().unwrap()
+            - upgrade["started_s"].as_f64().unwrap();
+        assert!(waited >= 0.2, "{run:?}");
+    }
+    pids.end_all();
+}

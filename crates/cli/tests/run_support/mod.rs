@@ -1,0 +1,249 @@
+//! Support for the `handover run` tests: start a supervisor, talk to it, find
+//! its children, and end everything by pid.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+
+/// The test fixtures (Python servers and apps).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Polls `condition` every 10 ms until it returns `Some`, up to `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A private directory, removed at drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "handover-run-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `handover run`.
+pub struct Supervisor {
+    pub scratch: Scratch,
+    pub process: Child,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Supervisor {
+    /// `handover run --listen web=127.0.0.1:0 --pid-file … OPTIONS -- COMMAND`,
+    /// waiting until its first child is current.
+    pub fn start(label: &str, options: &[&str], command: &[&str]) -> Supervisor {
+        Supervisor::start_with_env(label, options, command, &[])
+    }
+
+    pub fn start_with_env(
+        label: &str,
+        options: &[&str],
+        command: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Supervisor {
+        let scratch = Scratch::new(label);
+        let pid_file = scratch.path("handover.pid");
+        let log = scratch.path("handover.log");
+        let process = Command::new(HANDOVER)
+            .args(["run", "--listen", "web=127.0.0.1:0", "--pid-file"])
+            .arg(&pid_file)
+            .args(options)
+            .arg("--")
+            .args(command)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(scratch.path("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut supervisor = Supervisor {
+            scratch,
+            process,
+            pid_file,
+            log,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let status = wait_for(
+            "the first child to be ready",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(exit)) = supervisor.process.try_wait() {
+                    panic!("handover run exited {exit}:\n{}", supervisor.log_text());
+                }
+                supervisor.status().filter(|s| s["current"].is_object())
+            },
+        );
+        supervisor.addr = status["sockets"][0]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        supervisor
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `handover SUBCOMMAND --pid-file … ARGS`.
+    pub fn client(&self, subcommand: &str, args: &[&str]) -> Output {
+        Command::new(HANDOVER)
+            .arg(subcommand)
+            .arg("--pid-file")
+            .arg(&self.pid_file)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `handover status --json`, if the supervisor answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let output = self.client("status", &["--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    pub fn current_pid(&self) -> u32 {
+        self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32
+    }
+
+    /// The upgrade command for `handover check --upgrade`.
+    pub fn upgrade_command(&self) -> String {
+        format!("{HANDOVER} upgrade --pid-file {}", self.pid_file.display())
+    }
+
+    /// Runs `handover check --json` against this supervisor's socket.
+    pub fn check(&self, args: &[&str]) -> (Output, serde_json::Value) {
+        let output = Command::new(HANDOVER)
+            .args(["check", "--json", "--target"])
+            .arg(format!("http://{}/", self.addr))
+            .args(args)
+            .output()
+            .unwrap();
+        let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check printed no JSON ({e}):\n{}\n{}\nsupervisor log:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                self.log_text()
+            )
+        });
+        (output, report)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let children = descendants(self.process.id());
+        signal(self.process.id(), libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !matches!(self.process.try_wait(), Ok(Some(_))) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+        for pid in children {
+            if alive(pid) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn signal(pid: u32, signal: i32) {
+    if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            signal,
+        );
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// `root` and everything below it.
+pub fn descendants(root: u32) -> Vec<u32> {
+    handover_supervisor::ownership::descendants(root)
+        .into_iter()
+        .filter(|&p| p != root)
+        .collect()
+}
+
+/// The text of a client's output, both streams.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Asserts that a `handover check --json` report shows no failure at all.
+pub fn assert_clean(report: &serde_json::Value, supervisor: &Supervisor) {
+    assert_eq!(
+        report["failed"],
+        0,
+        "failures: {}\nupgrades: {}\nsupervisor log:\n{}",
+        report["failures"],
+        report["upgrades"],
+        supervisor.log_text()
+    );
+}

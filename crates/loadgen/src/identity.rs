@@ -1,0 +1,53 @@
+//! Which server process answered: `pid=N` / `generation=N` in a body or line.
+
+/// Bytes of an HTTP body scanned for `pid=N` / `generation=N` when the
+/// response has no `x-pid` / `x-generation` header.
+pub(crate) const BODY_SCAN_BYTES: usize = 1024;
+
+/// The digits following the first `key=` in `text` that starts a word (is not
+/// preceded by a letter, digit, `_` or `-`), e.g. `scan(b"from pid=42", "pid")`
+/// is `Some("42")`.
+pub(crate) fn scan(text: &[u8], key: &str) -> Option<String> {
+    let needle = format!("{key}=");
+    let needle = needle.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = text[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+    {
+        let starts_word = pos == 0 || {
+            let before = text[pos - 1];
+            !(before.is_ascii_alphanumeric() || before == b'_' || before == b'-')
+        };
+        let digits: Vec<u8> = text[pos + needle.len()..]
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        if starts_word && !digits.is_empty() {
+            return String::from_utf8(digits).ok();
+        }
+        from = pos + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan;
+
+    #[test]
+    fn finds_word_start_keys_with_digits() {
+        let body = b"hello from pid=123 generation=4\n";
+        assert_eq!(scan(body, "pid").as_deref(), Some("123"));
+        assert_eq!(scan(body, "generation").as_deref(), Some("4"));
+        assert_eq!(scan(b"pid=7", "pid").as_deref(), Some("7"));
+        assert_eq!(
+            scan(b"ppid=1 x-pid=2 pid=x pid=3", "pid").as_deref(),
+            Some("3")
+        );
+        assert_eq!(scan(b"no identity here", "pid"), None);
+        assert_eq!(scan(b"pid=", "pid"), None);
+    }
+}
