@@ -112,8 +112,8 @@ fn a_child_that_crashes_while_serving_is_restarted_and_no_connection_is_refused(
     );
     let crashed = supervisor.current_pid();
     let load = load(&supervisor, Mode::Close);
-    signal(crashed, libc::SIGKILL);
-    let restarted = wait_for("a restarted child", Duration::from_secs(20), || {
+    signal(crashed, rustix::process::Signal::KILL);
+    let restarted = wait_until("a restarted child", Duration::from_secs(20), || {
         let pid = supervisor.status()?["current"]["pid"].as_u64()? as u32;
         (pid != crashed).then_some(pid)
     });
@@ -162,7 +162,7 @@ fn max_draining_bounds_old_children() {
                 .unwrap()
         }
     });
-    wait_for("the old child to drain", Duration::from_secs(20), || {
+    wait_until("the old child to drain", Duration::from_secs(20), || {
         supervisor
             .status()
             .filter(|s| !s["draining"].as_array().unwrap().is_empty())

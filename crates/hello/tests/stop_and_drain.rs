@@ -52,7 +52,8 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<String> {
 fn sigterm_finishes_in_flight_requests_then_exits() {
     let server = Server::start("term", &[]);
     let pid = server.current_pid().unwrap();
-    let mut slow = send(server.addr, "/slow?ms=1000");
+    // Long enough that the response is built after SIGTERM even on a busy machine.
+    let mut slow = send(server.addr, "/slow?ms=3000");
     wait_until(
         "the request to reach the server",
         Duration::from_secs(5),

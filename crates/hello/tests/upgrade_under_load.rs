@@ -149,7 +149,7 @@ fn upgrade_works_when_stdout_is_a_closed_pipe() {
         read_pid().filter(|&p| p != pid)
     });
     wait_until("the old process to exit", Duration::from_secs(10), || {
-        exited(pid).then_some(())
+        child.try_wait().unwrap().map(|_| ())
     });
     signal(new, rustix::process::Signal::KILL);
     wait_until("the successor to exit", Duration::from_secs(10), || {

@@ -6,8 +6,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub use handover_testkit::*;
+use rustix::process::Signal;
 
 pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
 
@@ -16,48 +18,6 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-/// Polls `condition` every 10 ms until it returns `Some`, up to `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A private directory, removed at drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(label: &str) -> Scratch {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "handover-run-{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A running `handover run`.
@@ -105,7 +65,7 @@ impl Supervisor {
             log,
             addr: "127.0.0.1:1".parse().unwrap(),
         };
-        let status = wait_for(
+        let status = wait_until(
             "the first child to be ready",
             Duration::from_secs(30),
             || {
@@ -179,7 +139,7 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         let children = descendants(self.process.id());
-        signal(self.process.id(), libc::SIGINT);
+        signal(self.process.id(), Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.process.try_wait() {
@@ -192,39 +152,11 @@ impl Drop for Supervisor {
             let _ = self.process.wait();
         }
         for pid in children {
-            if alive(pid) {
-                signal(pid, libc::SIGKILL);
+            if !exited(pid) {
+                signal(pid, Signal::KILL);
             }
         }
     }
-}
-
-pub fn signal(pid: u32, signal: i32) {
-    if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).unwrap(),
-            signal,
-        );
-    }
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(") ")
-                .map(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// `root` and everything below it.
-pub fn descendants(root: u32) -> Vec<u32> {
-    handover_supervisor::ownership::descendants(root)
-        .into_iter()
-        .filter(|&p| p != root)
-        .collect()
 }
 
 /// The text of a client's output, both streams.

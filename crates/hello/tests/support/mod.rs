@@ -12,59 +12,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, WaitOptions};
-
-/// Waits for `condition` to hold, checking every 5 ms, up to `timeout`.
-/// Panics with `what` if it never does.
-pub fn wait_until<T>(what: &str, timeout: Duration, condition: impl FnMut() -> Option<T>) -> T {
-    try_wait_until(timeout, condition)
-        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
-}
-
-/// Like [`wait_until`], but `None` on timeout.
-pub fn try_wait_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = condition() {
-            return Some(value);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A private directory removed at drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(label: &str) -> Scratch {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hello-test-{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use handover_testkit::*;
+use rustix::process::Signal;
 
 /// A running `hello` and all the pids it has had.
 pub struct Server {
@@ -241,72 +193,6 @@ pub fn install_script_at(path: &Path, body: &str) {
     std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&staging, path).unwrap();
-}
-
-pub fn signal(pid: u32, signal: Signal) {
-    let pid = Pid::from_raw(pid as i32).unwrap();
-    let _ = rustix::process::kill_process(pid, signal);
-}
-
-/// Whether `pid` is gone (reaping it if it is our zombie child).
-pub fn exited(pid: u32) -> bool {
-    let raw = Pid::from_raw(pid as i32).unwrap();
-    match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
-        Ok(Some(_)) => return true,
-        Ok(None) => return false,
-        Err(_) => {} // not our child: look at /proc
-    }
-    !matches!(state(pid), Some(s) if s != 'Z')
-}
-
-/// The state letter of `pid` (R, S, Z, …), if it exists.
-pub fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
-/// The parent pid of `pid`.
-pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Every pid on the machine.
-pub fn processes() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// Children of `pid`, zombies included.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    processes()
-        .into_iter()
-        .filter(|&p| parent_of(p) == Some(pid))
-        .collect()
-}
-
-/// fd number → link target ("socket:[123]", "pipe:[9]", "/dev/null", …).
-pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
-    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| {
-                let e = e.ok()?;
-                let fd = e.file_name().to_str()?.parse().ok()?;
-                let target = std::fs::read_link(e.path()).ok()?;
-                Some((fd, target.to_string_lossy().into_owned()))
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    fds.sort();
-    fds
 }
 
 /// TCP socket inodes by state, from /proc/net/tcp and tcp6: (inode, local port,

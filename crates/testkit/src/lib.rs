@@ -1,0 +1,153 @@
+//! Test support shared by the workspace's end-to-end tests.
+//!
+//! Tests start real processes; these helpers give each test a private directory,
+//! wait for conditions (polling with a bound, never sleeping in place of a
+//! condition), and look at processes and their fds through /proc so that tests
+//! can end what they started by pid and check that nothing leaked.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, WaitOptions};
+
+/// A private directory under the temporary directory, removed at drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh, empty directory whose name contains `label` and this test
+    /// process's pid.
+    pub fn new(label: &str) -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "handover-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        Scratch(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits for `condition` to return `Some`, checking every 5 ms, up to
+/// `timeout`; panics with `what` if it never does.
+pub fn wait_until<T>(what: &str, timeout: Duration, condition: impl FnMut() -> Option<T>) -> T {
+    try_wait_until(timeout, condition)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Like [`wait_until`], but `None` on timeout.
+pub fn try_wait_until<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `signal` to `pid` (errors ignored: it may be gone).
+pub fn signal(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Whether `pid` is gone, reaping it if it is this process's zombie child.
+pub fn exited(pid: u32) -> bool {
+    let Some(raw) = Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
+        Ok(Some(_)) => return true,
+        Ok(None) => return false,
+        Err(_) => {} // not our child: look at /proc
+    }
+    !matches!(state(pid), Some(s) if s != 'Z')
+}
+
+/// The state letter of `pid` (R, S, Z, …), if it exists.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every pid on the machine.
+pub fn processes() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Children of `pid`, zombies included.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|&p| parent_of(p) == Some(pid))
+        .collect()
+}
+
+/// Everything below `root` (children, their children, …), not `root` itself.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let children = children_of(found[index]);
+        found.extend(
+            children
+                .into_iter()
+                .filter(|c| !found.contains(c))
+                .collect::<Vec<_>>(),
+        );
+        index += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// fd number → link target (`socket:[123]`, `pipe:[9]`, `/dev/null`, …).
+pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.to_string_lossy().into_owned()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
