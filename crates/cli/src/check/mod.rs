@@ -115,6 +115,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if plan.json {
         let json = serde_json::to_string_pretty(&summary).context("cannot encode the report")?;
         println!("{json}");
+        if summary.request_cap_reached {
+            eprintln!(
+                "handover check: --max-requests reached: load stopped before the end of the run"
+            );
+        }
     } else {
         print!("{}", table::render(&summary));
     }
