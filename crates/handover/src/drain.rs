@@ -110,7 +110,7 @@ impl DrainSignal {
 
     /// Waits until the order's deadline is moved before `than` (a fast exit
     /// during a drain).
-    #[cfg(feature = "tokio")]
+    #[cfg(feature = "hyper")]
     pub(crate) async fn shortened(&self, than: Instant) {
         self.order
             .wait_for(|order| order.filter(|o| o.deadline < than).map(|_| ()))

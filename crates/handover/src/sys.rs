@@ -12,6 +12,7 @@
 //!    [`fork_exec`] forks and execs itself. Between `fork` and `execve` the child
 //!    runs only async-signal-safe calls on memory prepared before the fork.
 
+use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -22,7 +23,7 @@ use rustix::process::Pid;
 
 /// Fd numbers already adopted by this process, so that two readers of the same
 /// environment cannot both close the same number.
-static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
 /// Takes ownership of an fd number handed to this process (LISTEN_FDS convention)
 /// and marks it close-on-exec, as `sd_listen_fds(3)` does.
@@ -51,7 +52,7 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // starter that it owns it, and `ADOPTED` guarantees no second OwnedFd for it
     // is ever created by this crate.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    adopted.push(fd);
+    adopted.insert(fd);
     rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
     Ok(owned)
 }
