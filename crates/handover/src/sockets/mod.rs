@@ -113,7 +113,10 @@ impl Registry {
     pub(crate) fn new(inherited: Vec<InheritedFd>, source: Source, backlog: i32) -> Self {
         let mut inherited_by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, socket) in inherited.iter().enumerate() {
-            inherited_by_name.entry(socket.name.clone()).or_default().push(index);
+            inherited_by_name
+                .entry(socket.name.clone())
+                .or_default()
+                .push(index);
         }
         Registry {
             unclaimed: inherited.into_iter().map(Some).collect(),
@@ -165,7 +168,11 @@ impl Registry {
         wanted: &Address,
     ) -> Result<Option<OwnedFd>> {
         let mut candidates = Vec::new();
-        let indices = self.inherited_by_name.get(name).map(Vec::as_slice).unwrap_or_default();
+        let indices = self
+            .inherited_by_name
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for &index in indices {
             let Some(inherited) = &self.unclaimed[index] else {
                 continue;
@@ -196,7 +203,9 @@ impl Registry {
                 }
             },
         };
-        let inherited = self.unclaimed[chosen].take().expect("a candidate is unclaimed");
+        let inherited = self.unclaimed[chosen]
+            .take()
+            .expect("a candidate is unclaimed");
         tracing::debug!(name, fd = inherited.number, "claimed inherited socket");
         Ok(Some(inherited.fd))
     }
