@@ -53,7 +53,7 @@ fn names_survive_upgrades_and_unclaimed_sockets_close() {
 
     // Version 2 serves "web" (same address) and a new "api", and drops "admin".
     let real = server.scratch.path("hello.real");
-    std::fs::copy(env!("CARGO_BIN_EXE_hello"), &real).unwrap();
+    copy_executable(env!("CARGO_BIN_EXE_hello").as_ref(), &real);
     let api_port = free_port();
     server.install_script(&format!(
         "exec {} --listen web=127.0.0.1:0 --listen api=127.0.0.1:{api_port} --pid-file {}",
@@ -87,7 +87,7 @@ fn names_survive_upgrades_and_unclaimed_sockets_close() {
     // The running process's executable is now hello.real (the script exec'd it),
     // so that is the path the next upgrade starts.
     let v3 = server.scratch.path("hello.v3");
-    std::fs::copy(env!("CARGO_BIN_EXE_hello"), &v3).unwrap();
+    copy_executable(env!("CARGO_BIN_EXE_hello").as_ref(), &v3);
     let new_web_port = free_port();
     install_script_at(
         &real,

@@ -121,13 +121,13 @@ fn upgrade_works_when_stdout_is_a_closed_pipe() {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     let scratch = Scratch::new("stdout");
     let pid_file = scratch.path("hello.pid");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hello"))
-        .args(["--listen", "127.0.0.1:0", "--pid-file"])
-        .arg(&pid_file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(scratch.path("log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hello"))
+            .args(["--listen", "127.0.0.1:0", "--pid-file"])
+            .arg(&pid_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(scratch.path("log")).unwrap()),
+    );
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)

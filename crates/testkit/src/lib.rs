@@ -151,3 +151,35 @@ pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
     fds.sort();
     fds
 }
+
+/// Serialises writing executables with starting processes in this test process.
+///
+/// A file open for writing while another thread forks is inherited by that child
+/// until it execs; exec'ing the file meanwhile fails with ETXTBSY ("Text file
+/// busy"). Tests that copy binaries and start processes in parallel threads do
+/// both through [`copy_executable`], [`write_executable`] and [`spawn`].
+static EXEC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exec_lock() -> std::sync::MutexGuard<'static, ()> {
+    EXEC_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Copies an executable (see [`EXEC_LOCK`]).
+pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
+    let _lock = exec_lock();
+    std::fs::copy(from, to).expect("copying an executable");
+}
+
+/// Writes an executable file with `contents` (mode 0755), see [`EXEC_LOCK`].
+pub fn write_executable(path: &std::path::Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let _lock = exec_lock();
+    std::fs::write(path, contents).expect("writing an executable");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Starts `command` (see [`EXEC_LOCK`]).
+pub fn spawn(command: &mut std::process::Command) -> std::process::Child {
+    let _lock = exec_lock();
+    command.spawn().expect("starting a process")
+}

@@ -47,21 +47,21 @@ impl Server {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
         let scratch = Scratch::new(label);
         let exe = scratch.path("hello");
-        std::fs::copy(env!("CARGO_BIN_EXE_hello"), &exe).unwrap();
+        copy_executable(env!("CARGO_BIN_EXE_hello").as_ref(), &exe);
         let pid_file = scratch.path("hello.pid");
         let log = scratch.path("hello.log");
-        let mut child = Command::new(&exe)
-            .args(args)
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            Command::new(&exe)
+                .args(args)
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
         let (send, stdout) = mpsc::channel();
         let pid = child.id();
         let pipe = child.stdout.take().unwrap();
@@ -158,7 +158,7 @@ impl Server {
     /// Replaces the executable on disk the way a deployment does (write, rename).
     pub fn install(&self, source: &Path) {
         let staging = self.scratch.path("hello.new");
-        std::fs::copy(source, &staging).unwrap();
+        copy_executable(source, &staging);
         std::fs::rename(&staging, &self.exe).unwrap();
     }
 
@@ -188,10 +188,8 @@ impl Drop for Server {
 
 /// Puts a shell script at `path` by write and rename, as a deployment would.
 pub fn install_script_at(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
     let staging = path.with_extension("staging");
-    std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&staging, &format!("#!/bin/sh\n{body}\n"));
     std::fs::rename(&staging, path).unwrap();
 }
 
