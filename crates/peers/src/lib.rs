@@ -164,3 +164,45 @@ pub fn stop_signal() -> io::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// The whole of a peer that binds its own socket after its start-up — `peer-plain`
+/// (naive restart) and, with `reuse_port`, `peer-reuseport`: wait out the
+/// start-up, bind, write the PID file, serve until SIGTERM, drain, exit.
+pub fn main_binding_own_socket(
+    name: &str,
+    args: ServerArgs,
+    reuse_port: bool,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_own_socket(name, args, reuse_port)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_own_socket(name: &str, args: ServerArgs, reuse_port: bool) -> io::Result<()> {
+    let pid = std::process::id();
+    let stop = stop_signal()?;
+    tokio::time::sleep(args.startup_delay).await;
+    let listener = tokio::net::TcpListener::from_std(bind(args.listen, reuse_port)?)?;
+    if let Some(path) = &args.pid_file {
+        write_pid_file(path, pid)?;
+    }
+    eprintln!("{name}: pid {pid} serving on http://{}", args.listen);
+    let listener = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let drained = serve(listener, stop, args.drain_timeout).await;
+    if let Some(path) = &args.pid_file {
+        remove_pid_file_if_holds(path, pid);
+    }
+    eprintln!("{name}: pid {pid} stopped (clean drain: {})", drained.clean);
+    Ok(())
+}

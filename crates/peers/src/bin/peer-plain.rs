@@ -13,13 +13,8 @@
 //! peer-plain --listen 127.0.0.1:8080 --startup-delay 1s --pid-file plain.pid
 //! ```
 
-use std::process::ExitCode;
-
 use clap::Parser;
-use handover_peers::{
-    bind, remove_pid_file_if_holds, serve, stop_signal, write_pid_file, ServerArgs,
-};
-use tokio_stream::wrappers::TcpListenerStream;
+use handover_peers::{main_binding_own_socket, ServerArgs};
 
 /// Naive-restart peer: binds its own socket after start-up, stops on SIGTERM.
 #[derive(Debug, Parser)]
@@ -29,40 +24,6 @@ struct Args {
     server: ServerArgs,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse().server;
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("peer-plain: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("peer-plain: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(args: ServerArgs) -> std::io::Result<()> {
-    let pid = std::process::id();
-    let stop = stop_signal()?;
-    tokio::time::sleep(args.startup_delay).await;
-    let listener = tokio::net::TcpListener::from_std(bind(args.listen, false)?)?;
-    if let Some(path) = &args.pid_file {
-        write_pid_file(path, pid)?;
-    }
-    eprintln!("peer-plain: pid {pid} serving on http://{}", args.listen);
-    let drained = serve(TcpListenerStream::new(listener), stop, args.drain_timeout).await;
-    if let Some(path) = &args.pid_file {
-        remove_pid_file_if_holds(path, pid);
-    }
-    eprintln!(
-        "peer-plain: pid {pid} stopped (clean drain: {})",
-        drained.clean
-    );
-    Ok(())
+fn main() -> std::process::ExitCode {
+    main_binding_own_socket("peer-plain", Args::parse().server, false)
 }
