@@ -5,7 +5,7 @@
 mod run_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use handover_loadgen::{LoadConfig, LoadThread, Mode};
@@ -269,15 +269,8 @@ fn another_user_may_not_control_the_supervisor() {
 fn systemd_hears_ready_reloading_and_stopping_from_the_supervisor() {
     let scratch = Scratch::new("systemd");
     let socket_path = scratch.path("notify.sock");
-    let systemd = UnixDatagram::bind(&socket_path).unwrap();
-    systemd
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = systemd.recv(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let systemd = FakeNotifySocket::bind(socket_path.clone());
+    let next = || systemd.next();
     let supervisor = Supervisor::start_with_env(
         "systemd",
         &["--ready", "notify"],

@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -146,15 +145,8 @@ fn an_idle_keepalive_connection_is_closed_at_the_deadline() {
 fn systemd_hears_ready_reloading_mainpid_and_stopping() {
     let scratch = Scratch::new("notify");
     let socket_path = scratch.path("notify.sock");
-    let systemd = UnixDatagram::bind(&socket_path).unwrap();
-    systemd
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = systemd.recv(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let systemd = FakeNotifySocket::bind(socket_path.clone());
+    let next = || systemd.next();
     let args = ["--listen", "127.0.0.1:0"];
     let mut server = Server::start_with_env("notify", &args, &[("NOTIFY_SOCKET", &socket_path)]);
     let first = server.current_pid().unwrap();

@@ -183,3 +183,33 @@ pub fn spawn(command: &mut std::process::Command) -> std::process::Child {
     let _lock = exec_lock();
     command.spawn().expect("starting a process")
 }
+
+/// A stand-in for systemd's notify socket: a datagram socket that records what
+/// a service sends with `sd_notify`.
+pub struct FakeNotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    /// The path to give the service as `NOTIFY_SOCKET`.
+    pub path: PathBuf,
+}
+
+impl FakeNotifySocket {
+    /// Binds `path`.
+    pub fn bind(path: PathBuf) -> FakeNotifySocket {
+        let socket =
+            std::os::unix::net::UnixDatagram::bind(&path).expect("binding the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("setting a read timeout");
+        FakeNotifySocket { socket, path }
+    }
+
+    /// The next message (waits up to 30 s, then panics).
+    pub fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notify message within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
