@@ -67,19 +67,26 @@ pub(crate) struct Conn {
     capture: usize,
 }
 
+/// Opens a TCP connection with `TCP_NODELAY`, bounded by `timeout`; failures
+/// classified (refused, timeout, …). Shared by the HTTP and line clients.
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            let detail = format!("connect to {addr} timed out after {timeout:?}");
+            return Err(Failure::new(FailureKind::Timeout, detail));
+        }
+        Ok(result) => result.map_err(|e| Failure::from_io(&e, "connect"))?,
+    };
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Failure::from_io(&e, "set TCP_NODELAY"))?;
+    Ok(stream)
+}
+
 impl Conn {
     /// Opens a connection, bounded by `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failure> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                let detail = format!("connect to {addr} timed out after {timeout:?}");
-                return Err(Failure::new(FailureKind::Timeout, detail));
-            }
-            Ok(result) => result.map_err(|e| Failure::from_io(&e, "connect"))?,
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| Failure::from_io(&e, "set TCP_NODELAY"))?;
+        let stream = connect_tcp(addr, timeout).await?;
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(8 * 1024),

@@ -28,16 +28,7 @@ pub(crate) struct LineConn {
 impl LineConn {
     /// Opens a connection, bounded by `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<LineConn, Failure> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                let detail = format!("connect to {addr} timed out after {timeout:?}");
-                return Err(Failure::new(FailureKind::Timeout, detail));
-            }
-            Ok(result) => result.map_err(|e| Failure::from_io(&e, "connect"))?,
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| Failure::from_io(&e, "set TCP_NODELAY"))?;
+        let stream = crate::http::connect_tcp(addr, timeout).await?;
         Ok(LineConn {
             stream,
             buf: Vec::with_capacity(1024),
