@@ -12,7 +12,6 @@ use sd_notify::NotifyState;
 use crate::child::Program;
 use crate::notify::{self, Upstream};
 use crate::protocol::env::{read_inheritance, Origin};
-use crate::protocol::HANDOFF_VARIABLES;
 use crate::sockets::{Address, Registry, SocketKind, Source};
 use crate::upgrade::Phase;
 use crate::{
@@ -70,18 +69,17 @@ impl Handover {
             Origin::Successor { .. } => Source::Parent,
             Origin::Fresh => Source::ServiceManager,
         };
-        let program = Program {
-            path: match &config.program {
-                Some(path) => path.clone(),
-                None => std::env::current_exe()
-                    .map_err(|e| Error::io("finding this program's executable", e))?,
-            },
-            args: config
-                .args
-                .clone()
-                .unwrap_or_else(|| std::env::args_os().collect()),
-            env: successor_env(&config.env),
-        };
+        // The hand-off variables are dropped by Program::new; then the overrides.
+        let mut program = Program::new(match &config.program {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| Error::io("finding this program's executable", e))?,
+        });
+        program.args = config
+            .args
+            .clone()
+            .unwrap_or_else(|| std::env::args_os().collect());
+        apply_env_overrides(&mut program.env, &config.env);
         let handover = Handover {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::new(inheritance.sockets, source, config.backlog)),
@@ -271,16 +269,15 @@ fn resolve(name: &str, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
         })
 }
 
-/// This process's environment without the hand-off variables, with overrides.
-fn successor_env(overrides: &[(OsString, Option<OsString>)]) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(key, _)| !HANDOFF_VARIABLES.iter().any(|v| key == v))
-        .collect();
+/// Sets and removes the variables the builder was given.
+fn apply_env_overrides(
+    env: &mut Vec<(OsString, OsString)>,
+    overrides: &[(OsString, Option<OsString>)],
+) {
     for (key, value) in overrides {
         env.retain(|(k, _)| k != key);
         if let Some(value) = value {
             env.push((key.clone(), value.clone()));
         }
     }
-    env
 }
