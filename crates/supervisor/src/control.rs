@@ -116,6 +116,10 @@ async fn handle(mut stream: UnixStream, orders: mpsc::Sender<Order>) {
     };
     if let Some(message) = refusal {
         tracing::warn!(%message, "control request refused");
+        // Read (and ignore) the request before answering, within the same bounds as
+        // any other: a client that is still writing when we close would see EPIPE
+        // instead of the reason.
+        let _ = read_request(&mut stream).await;
         let _ = send(&mut stream, &Reply::Error { message }).await;
         return;
     }
