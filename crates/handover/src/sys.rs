@@ -11,6 +11,10 @@
 //!    `std::process::Command` cannot write the child's pid into its environment, so
 //!    [`fork_exec`] forks and execs itself. Between `fork` and `execve` the child
 //!    runs only async-signal-safe calls on memory prepared before the fork.
+//! 3. **Two Linux socket options no crate wraps** (for
+//!    [`crate::sockets::reuseport`]): attaching a classic BPF program to a
+//!    SO_REUSEPORT group, and reading a listener's accept-queue length from
+//!    `TCP_INFO`.
 
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
@@ -251,4 +255,64 @@ unsafe fn child_after_fork(
         libc::execve(program, argv, envp);
     }
     fail(report)
+}
+
+/// Attaches the classic BPF `program` to the SO_REUSEPORT group of `fd`
+/// (`SO_ATTACH_REUSEPORT_CBPF`, Linux >= 4.5), replacing the group's program.
+#[cfg(target_os = "linux")]
+pub(crate) fn attach_reuseport_cbpf(
+    fd: BorrowedFd<'_>,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel
+    // copies the instructions and keeps no pointer into our memory.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::addr_of!(fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How many connections wait in the accept queue of the listening TCP socket
+/// `fd`: for a listener, `TCP_INFO`'s `tcpi_unacked` is the accept backlog.
+#[cfg(target_os = "linux")]
+pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain old data, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::addr_of_mut!(info).cast(),
+            &mut len,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    const TCP_LISTEN: u8 = 10; // include/net/tcp_states.h
+    if info.tcpi_state != TCP_LISTEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening TCP socket",
+        ));
+    }
+    Ok(info.tcpi_unacked)
 }

@@ -18,6 +18,8 @@
 //! the log says which.
 
 mod bind;
+#[cfg(target_os = "linux")]
+pub mod reuseport;
 
 pub use bind::bind;
 
