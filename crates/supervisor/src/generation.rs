@@ -21,6 +21,9 @@ const TAIL_LINES: usize = 20;
 pub struct Generation {
     /// 1 for the first child, then +1 per start.
     pub number: u64,
+    /// Whose sockets it holds: its own number after an upgrade, the crashed
+    /// child's after a restart (see [`crate::listeners`]).
+    pub epoch: u64,
     pub child: Child,
     pub started: Instant,
     pub ready_at: Option<Instant>,
@@ -31,9 +34,11 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Starts `command` (after `{fd:NAME}` substitution) with `sockets`.
+    /// Starts `command` (after `{fd:NAME}` substitution) with `sockets`, those of
+    /// `epoch`.
     pub fn start(
         number: u64,
+        epoch: u64,
         command: &[OsString],
         sockets: &[(&str, BorrowedFd<'_>)],
         with_notify: bool,
@@ -54,6 +59,7 @@ impl Generation {
         let forwarder = Some(tokio::spawn(forward_stderr(read, Arc::clone(&tail))));
         Ok(Generation {
             number,
+            epoch,
             child,
             started: Instant::now(),
             ready_at: None,

@@ -22,8 +22,10 @@
 pub mod config;
 pub mod control;
 mod generation;
+mod listeners;
 pub mod ownership;
 mod readiness;
+mod steering;
 pub mod status;
 mod supervisor;
 

@@ -3,26 +3,27 @@
 //! The caller races this against the ready timeout and the child's exit; here
 //! we only wait for the positive signal.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use handover::protocol::message::{Message, MAX_MESSAGE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::ReadyMode;
+use crate::listeners::ProbeTarget;
 use crate::ownership;
 
 /// How often a probe is retried.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Waits until the child `pid` is ready. `notify` is its private notify socket
-/// (for `notify` mode); `probe` is the TCP address to probe (http and tcp modes).
+/// Waits until the child `pid`, which holds the sockets of `epoch`, is ready.
+/// `notify` is its private notify socket (for `notify` mode); `probe` is where
+/// to probe (http and tcp modes).
 pub async fn wait(
     mode: &ReadyMode,
     pid: u32,
+    epoch: u64,
     notify: Option<&std::os::unix::net::UnixDatagram>,
-    probe: Option<SocketAddr>,
+    probe: Option<ProbeTarget>,
 ) -> Result<(), String> {
     match mode {
         ReadyMode::Notify => {
@@ -36,7 +37,7 @@ pub async fn wait(
         ReadyMode::Http(_) | ReadyMode::Tcp => {
             let target = probe.ok_or("http and tcp readiness need a TCP --listen socket")?;
             loop {
-                match probe_once(mode, target, pid).await {
+                match probe_once(mode, &target, pid, epoch).await {
                     Probe::Ready => return Ok(()),
                     // The old child took the connection: try again at once,
                     // the next one may well reach the new child.
@@ -71,14 +72,18 @@ async fn wait_notify(socket: &std::os::unix::net::UnixDatagram) -> Result<(), St
 /// One probe: ready if the new child (or one of its processes) accepted the
 /// connection and, in http mode, answered 2xx or 3xx on it.
 ///
-/// Who accepted is checked *before* the request is sent: then the accepting
-/// process still holds the connection (it is waiting for the request), even if
-/// it closes every connection after one response.
-async fn probe_once(mode: &ReadyMode, target: SocketAddr, pid: u32) -> Probe {
+/// The connection is routed to the new child's own socket (see
+/// [`crate::steering`]); who accepted it is still checked, through /proc, because
+/// with a shared socket (no steering) the old child may take it. That check
+/// comes *before* the request is sent: then the accepting process still holds
+/// the connection (it is waiting for the request), even if it closes every
+/// connection after one response.
+async fn probe_once(mode: &ReadyMode, target: &ProbeTarget, pid: u32, epoch: u64) -> Probe {
     let attempt = async {
-        let Ok(mut stream) = TcpStream::connect(target).await else {
+        let Ok((mut stream, _route)) = target.connect(epoch).await else {
             return Probe::NotYet;
         };
+        let target = target.address;
         let Ok(client) = stream.local_addr() else {
             return Probe::NotYet;
         };
@@ -123,18 +128,4 @@ enum Probe {
     Ready,
     OtherProcess,
     NotYet,
-}
-
-/// The address to probe for a socket bound at `bound`: the loopback address of
-/// the same family when bound to the wildcard.
-pub fn probe_address(bound: SocketAddr) -> SocketAddr {
-    match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
-        }
-        _ => bound,
-    }
 }

@@ -9,15 +9,17 @@
 //!                       │
 //!                       └─ exit / timeout ─▶ killed + reaped, old stays Current (rollback)
 //! ```
+//!
+//! On commit, new connections are steered to the new child's sockets first; the
+//! old child gets the stop signal once it has accepted every connection already
+//! queued for it (or after [`HANDOFF_LIMIT`]), see [`crate::steering`].
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use handover::notify::NotifyState;
-use handover::{Address, SocketKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,12 +27,18 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ReadyMode};
 use crate::control::{self, Order, Reply, Request};
 use crate::generation::Generation;
+use crate::listeners::Listeners;
 use crate::readiness;
-use crate::status::{ChildStatus, Record, SocketStatus, Status};
+use crate::status::{ChildStatus, Record, Status};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const HISTORY: usize = 20;
+/// How long an old child may take to accept the connections queued for it
+/// before the new one was ready; it is stopped after that even if some remain.
+pub const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+/// How often the old child's accept queue is looked at meanwhile.
+const HANDOFF_POLL: Duration = Duration::from_millis(1);
 
 type Client = Option<mpsc::Sender<Reply>>;
 
@@ -51,6 +59,10 @@ struct Draining {
     generation: Generation,
     since: Instant,
     deadline: Instant,
+    /// Whether the stop signal was sent (it waits for the hand-off).
+    stop_sent: bool,
+    /// When to send it even if connections are still queued for it.
+    handoff_until: Instant,
     killed: bool,
     client: Client,
 }
@@ -66,8 +78,7 @@ enum Event {
 
 struct Supervisor {
     config: Config,
-    sockets: Vec<(String, OwnedFd, String)>,
-    probe: Option<SocketAddr>,
+    listeners: Listeners,
     upstream: Option<OsString>,
     current: Option<Generation>,
     starting: Option<Starting>,
@@ -83,29 +94,7 @@ struct Supervisor {
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, String> {
-    let mut sockets = Vec::new();
-    let mut probe = None;
-    for listen in &config.listen {
-        let fd = handover::sockets::bind(listen.kind, &listen.address, 1024)
-            .map_err(|e| format!("cannot bind {:?} to {}: {e}", listen.name, listen.address))?;
-        // The address as bound (port 0 becomes the real port).
-        let mut address = listen.address.to_string();
-        if let (SocketKind::TcpListener | SocketKind::Udp, Address::Inet(_)) =
-            (listen.kind, &listen.address)
-        {
-            let local = socket2::SockRef::from(&fd)
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket());
-            if let Some(local) = local {
-                address = local.to_string();
-                if listen.kind == SocketKind::TcpListener && probe.is_none() {
-                    probe = Some(readiness::probe_address(local));
-                }
-            }
-        }
-        sockets.push((listen.name.clone(), fd, address));
-    }
+    let listeners = Listeners::bind(&config.listen, 1)?;
     let listener = control::bind(&config.control).map_err(|e| {
         format!(
             "cannot create the control socket {}: {e}",
@@ -121,8 +110,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
     let mut supervisor = Supervisor {
         upstream: std::env::var_os(handover::protocol::NOTIFY_SOCKET),
         config,
-        sockets,
-        probe,
+        listeners,
         current: None,
         starting: None,
         draining: Vec::new(),
@@ -215,14 +203,27 @@ impl Supervisor {
     fn start(&mut self, purpose: Purpose) -> std::io::Result<u32> {
         let number = self.next_number;
         self.next_number += 1;
-        let sockets: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = self
-            .sockets
-            .iter()
-            .map(|(name, fd, _)| (name.as_str(), fd.as_fd()))
-            .collect();
-        let notify = self.config.ready == ReadyMode::Notify;
-        let generation = Generation::start(number, &self.config.command, &sockets, notify)
-            .map_err(|e| {
+        // An upgrade's child gets sockets of its own; a first or restarted child
+        // those that new connections go to.
+        let upgrade = matches!(purpose, Purpose::Upgrade { .. });
+        let epoch = if upgrade {
+            self.listeners.open_epoch(number)?;
+            number
+        } else {
+            self.listeners.target(number)
+        };
+        let started = self.listeners.for_epoch(epoch).and_then(|sockets| {
+            let sockets: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = sockets
+                .iter()
+                .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+                .collect();
+            let notify = self.config.ready == ReadyMode::Notify;
+            Generation::start(number, epoch, &self.config.command, &sockets, notify)
+        });
+        if started.is_err() && upgrade {
+            self.listeners.release(epoch);
+        }
+        let generation = started.map_err(|e| {
                 let command = self
                     .config
                     .command
@@ -238,9 +239,10 @@ impl Supervisor {
             .notify
             .as_ref()
             .and_then(|n| n.socket().try_clone().ok());
-        let (mode, probe) = (self.config.ready.clone(), self.probe);
-        let ready =
-            tokio::spawn(async move { readiness::wait(&mode, pid, socket.as_ref(), probe).await });
+        let (mode, probe) = (self.config.ready.clone(), self.listeners.probe());
+        let ready = tokio::spawn(async move {
+            readiness::wait(&mode, pid, epoch, socket.as_ref(), probe).await
+        });
         tracing::info!(pid, generation = number, "child started");
         self.starting = Some(Starting {
             generation,
@@ -320,6 +322,7 @@ impl Supervisor {
         let pid = generation.pid();
         tracing::info!(pid, after = ?took, "child ready");
         self.backoff = FIRST_BACKOFF;
+        self.respawn_at = None; // a child is serving again
         match starting.purpose {
             Purpose::First | Purpose::Respawn => self.current = Some(generation),
             Purpose::Upgrade { client } => {
@@ -328,6 +331,7 @@ impl Supervisor {
                     format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
                 )
                 .await;
+                self.listeners.steer_to(generation.epoch);
                 let old = self.current.replace(generation);
                 match old {
                     Some(old) => {
@@ -339,19 +343,20 @@ impl Supervisor {
                                 took.as_secs_f64()
                             ),
                         );
-                        if let Err(error) = old.child.signal(self.config.stop_signal) {
-                            tracing::warn!(%error, pid = old_pid, "cannot signal the old child");
-                        }
-                        say(&client, format!("old pid {old_pid} draining")).await;
+                        let now = Instant::now();
                         self.draining.push(Draining {
                             generation: old,
-                            since: Instant::now(),
-                            deadline: Instant::now() + self.config.drain_timeout,
+                            since: now,
+                            deadline: now + self.config.drain_timeout,
+                            stop_sent: false,
+                            handoff_until: now + HANDOFF_LIMIT,
                             killed: false,
                             client,
                         });
+                        self.stop_handed_over().await;
                     }
                     None => {
+                        self.release_unused_epochs();
                         self.record_upgrade(
                             true,
                             format!("pid {pid} ready (the old child had exited)"),
@@ -383,6 +388,7 @@ impl Supervisor {
             message.push_str(&tail.join("\n  "));
         }
         tracing::error!(%message, "child not ready");
+        self.release_unused_epochs();
         match starting.purpose {
             Purpose::Upgrade { client } => {
                 self.record_upgrade(false, message.clone());
@@ -447,9 +453,54 @@ impl Supervisor {
             }
         }
         self.draining = still;
+        self.release_unused_epochs();
+    }
+
+    /// Sends the stop signal to each old child that has accepted every
+    /// connection queued for it (new ones go to the new child), or whose time
+    /// for that is up.
+    async fn stop_handed_over(&mut self) {
+        let now = Instant::now();
+        for draining in self.draining.iter_mut().filter(|d| !d.stop_sent) {
+            let pid = draining.generation.pid();
+            let queued = self.listeners.queued(draining.generation.epoch);
+            if queued > 0 {
+                if now < draining.handoff_until {
+                    continue;
+                }
+                tracing::warn!(
+                    pid,
+                    queued,
+                    "old child has not accepted every connection queued for it; stopping it anyway"
+                );
+            }
+            draining.stop_sent = true;
+            if let Err(error) = draining.generation.child.signal(self.config.stop_signal) {
+                tracing::warn!(%error, pid, "cannot signal the old child");
+            }
+            say(&draining.client, format!("old pid {pid} draining")).await;
+        }
+    }
+
+    /// Closes the sockets of epochs no child holds any more (the old child's,
+    /// once it is gone; a failed upgrade's).
+    fn release_unused_epochs(&self) {
+        let live: Vec<u64> = self
+            .current
+            .iter()
+            .chain(self.starting.as_ref().map(|s| &s.generation))
+            .chain(self.draining.iter().map(|d| &d.generation))
+            .map(|g| g.epoch)
+            .collect();
+        for epoch in self.listeners.epochs() {
+            if !live.contains(&epoch) {
+                self.listeners.release(epoch);
+            }
+        }
     }
 
     async fn tick(&mut self) {
+        self.stop_handed_over().await;
         let now = Instant::now();
         if self.starting.as_ref().is_some_and(|s| s.deadline <= now) {
             let why = format!(
@@ -474,7 +525,10 @@ impl Supervisor {
                 .await;
             }
         }
-        if self.respawn_at.is_some_and(|at| at <= now) && self.starting.is_none() && !self.stopping
+        if self.respawn_at.is_some_and(|at| at <= now)
+            && self.starting.is_none()
+            && self.current.is_none()
+            && !self.stopping
         {
             self.respawn_at = None;
             if let Err(error) = self.start(Purpose::Respawn) {
@@ -509,14 +563,21 @@ impl Supervisor {
             } else {
                 self.config.stop_signal
             });
+            let now = Instant::now();
             self.draining.push(Draining {
                 generation: current,
-                since: Instant::now(),
-                deadline: Instant::now() + self.config.drain_timeout,
+                since: now,
+                deadline: now + self.config.drain_timeout,
+                stop_sent: true,
+                handoff_until: now,
                 killed: fast,
                 client: None,
             });
         }
+        for draining in &mut self.draining {
+            draining.handoff_until = Instant::now(); // stop the old ones now too
+        }
+        self.stop_handed_over().await;
         if fast {
             for draining in &mut self.draining {
                 let _ = draining.generation.child.signal(libc::SIGKILL);
@@ -534,9 +595,15 @@ impl Supervisor {
             .iter()
             .filter(|d| !d.killed)
             .map(|d| d.deadline);
+        let handoff = self
+            .draining
+            .iter()
+            .any(|d| !d.stop_sent)
+            .then(|| Instant::now() + HANDOFF_POLL);
         starting
             .into_iter()
             .chain(draining)
+            .chain(handoff)
             .chain(self.respawn_at)
             .fold(far, Instant::min)
     }
@@ -567,16 +634,7 @@ impl Supervisor {
                 .iter()
                 .map(|c| c.to_string_lossy().into_owned())
                 .collect(),
-            sockets: self
-                .sockets
-                .iter()
-                .enumerate()
-                .map(|(i, (name, _, address))| SocketStatus {
-                    name: name.clone(),
-                    address: address.clone(),
-                    fd: 3 + i as i32,
-                })
-                .collect(),
+            sockets: self.listeners.status(),
             current: self.current.as_ref().map(child),
             starting: self.starting.as_ref().map(|s| child(&s.generation)),
             draining: self.draining.iter().map(|d| child(&d.generation)).collect(),

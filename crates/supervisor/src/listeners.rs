@@ -1,0 +1,289 @@
+//! The sockets of `--listen`, bound once by the supervisor and handed to every
+//! child as `LISTEN_FDS`.
+//!
+//! UDP sockets and Unix listeners are one socket, shared by every child. A TCP
+//! listener is a [steered group](crate::steering): each upgrade's new child gets
+//! its own socket on the same address, and new connections are steered to it
+//! once it is ready, before the old child is asked to stop. A child restarted
+//! after a crash takes over the socket of the one that crashed (its accept queue
+//! held the clients meanwhile). If the kernel refuses steering (no
+//! SO_REUSEPORT BPF, kernel < 4.5), a TCP listener falls back to one shared
+//! socket, and the log says so.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use handover::{Address, SocketKind};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::Listen;
+use crate::status::SocketStatus;
+use crate::steering::Group;
+
+/// Accept backlog of every listening socket.
+const BACKLOG: i32 = 1024;
+
+/// All the sockets, in `--listen` order (the children's fds 3, 4, …).
+pub struct Listeners {
+    sockets: Vec<Named>,
+    probe: Option<ProbeTarget>,
+}
+
+struct Named {
+    name: String,
+    /// As bound (port 0 resolved), for status.
+    address: String,
+    socket: Socket,
+}
+
+enum Socket {
+    Shared(OwnedFd),
+    Steered(Arc<Mutex<Group>>),
+}
+
+impl Listeners {
+    /// Binds every socket; TCP listeners as steered groups whose first member
+    /// belongs to `epoch`. The error names the socket that could not be bound.
+    pub fn bind(listen: &[Listen], epoch: u64) -> Result<Listeners, String> {
+        let mut sockets = Vec::new();
+        let mut probe = None;
+        for listen in listen {
+            let named = bind_one(listen, epoch)
+                .map_err(|e| format!("cannot bind {:?} to {}: {e}", listen.name, listen.address))?;
+            if probe.is_none() {
+                probe = named.probe_target();
+            }
+            sockets.push(named);
+        }
+        Ok(Listeners { sockets, probe })
+    }
+
+    /// Where readiness probes connect: the first TCP listener.
+    pub fn probe(&self) -> Option<ProbeTarget> {
+        self.probe.clone()
+    }
+
+    /// The sockets for a child of `epoch`, as `(name, fd)` in fd order (copies:
+    /// drop them once the child is started).
+    pub fn for_epoch(&self, epoch: u64) -> io::Result<Vec<(String, OwnedFd)>> {
+        self.sockets
+            .iter()
+            .map(|named| {
+                let fd = match &named.socket {
+                    Socket::Shared(fd) => fd.try_clone()?,
+                    Socket::Steered(group) => lock(group)
+                        .fd(epoch)
+                        .ok_or_else(|| io::Error::other(format!("no socket for epoch {epoch}")))?
+                        .try_clone_to_owned()?,
+                };
+                Ok((named.name.clone(), fd))
+            })
+            .collect()
+    }
+
+    /// The epoch new connections go to (a restarted child gets its sockets).
+    pub fn target(&self, fallback: u64) -> u64 {
+        self.groups()
+            .next()
+            .map_or(fallback, |group| lock(group).target())
+    }
+
+    /// Adds a socket for `epoch` to every group; it gets no connection yet.
+    pub fn open_epoch(&self, epoch: u64) -> io::Result<()> {
+        for group in self.groups() {
+            if let Err(error) = lock(group).add(epoch) {
+                self.release(epoch);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every new connection to `epoch`'s sockets.
+    pub fn steer_to(&self, epoch: u64) {
+        for group in self.groups() {
+            let mut group = lock(group);
+            if let Err(error) = group.steer_to(epoch) {
+                tracing::error!(%error, address = %group.address(), "cannot steer connections");
+            }
+        }
+    }
+
+    /// Connections waiting in the accept queues of `epoch`'s sockets.
+    pub fn queued(&self, epoch: u64) -> u32 {
+        self.groups().map(|group| lock(group).queued(epoch)).sum()
+    }
+
+    /// Closes `epoch`'s sockets (never the target's). Connections still queued
+    /// there are lost unless the kernel migrates them (`tcp_migrate_req`), so
+    /// they are counted in the log.
+    pub fn release(&self, epoch: u64) {
+        for group in self.groups() {
+            let mut group = lock(group);
+            let queued = group.queued(epoch);
+            if queued > 0 {
+                tracing::warn!(
+                    epoch,
+                    queued,
+                    address = %group.address(),
+                    "closing a socket with connections nobody accepted \
+                     (set net.ipv4.tcp_migrate_req=1 to have the kernel move them)"
+                );
+            }
+            if let Err(error) = group.remove(epoch) {
+                tracing::warn!(%error, epoch, "cannot take a socket out of its group");
+            }
+        }
+    }
+
+    /// Every epoch that still has sockets.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut epochs: Vec<u64> = self
+            .groups()
+            .flat_map(|group| lock(group).epochs().collect::<Vec<_>>())
+            .collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        epochs
+    }
+
+    pub fn status(&self) -> Vec<SocketStatus> {
+        self.sockets
+            .iter()
+            .enumerate()
+            .map(|(i, named)| SocketStatus {
+                name: named.name.clone(),
+                address: named.address.clone(),
+                fd: 3 + i as i32,
+            })
+            .collect()
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &Arc<Mutex<Group>>> {
+        self.sockets.iter().filter_map(|named| match &named.socket {
+            Socket::Steered(group) => Some(group),
+            Socket::Shared(_) => None,
+        })
+    }
+}
+
+fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {
+    let named = |address: String, socket| Named {
+        name: listen.name.clone(),
+        address,
+        socket,
+    };
+    if let (SocketKind::TcpListener, Address::Inet(address)) = (listen.kind, &listen.address) {
+        match Group::bind(*address, BACKLOG, epoch) {
+            Ok(group) => {
+                let bound = group.address().to_string();
+                return Ok(named(bound, Socket::Steered(Arc::new(Mutex::new(group)))));
+            }
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => return Err(error),
+            Err(error) => tracing::warn!(
+                %error,
+                name = listen.name,
+                "cannot steer connections between generations; sharing one socket \
+                 (the old child is stopped while it may still be accepting)"
+            ),
+        }
+    }
+    let fd = handover::sockets::bind(listen.kind, &listen.address, BACKLOG)?;
+    let bound = socket2::SockRef::from(&fd)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or_else(|| listen.address.to_string(), |a| a.to_string());
+    Ok(named(bound, Socket::Shared(fd)))
+}
+
+impl Named {
+    fn probe_target(&self) -> Option<ProbeTarget> {
+        let (address, group) = match &self.socket {
+            Socket::Steered(group) => (lock(group).address(), Some(Arc::clone(group))),
+            Socket::Shared(fd) => {
+                let sock = socket2::SockRef::from(fd);
+                if sock.r#type().ok()? != socket2::Type::STREAM {
+                    return None;
+                }
+                (sock.local_addr().ok()?.as_socket()?, None)
+            }
+        };
+        Some(ProbeTarget {
+            address: loopback_if_wildcard(address),
+            group,
+        })
+    }
+}
+
+/// Where the http and tcp readiness probes connect, and how their connection is
+/// routed to the new child's own socket.
+#[derive(Clone)]
+pub struct ProbeTarget {
+    /// The address probed.
+    pub address: SocketAddr,
+    group: Option<Arc<Mutex<Group>>>,
+}
+
+/// Routes one probe's connection; the route ends when this is dropped.
+pub struct ProbeRoute {
+    group: Arc<Mutex<Group>>,
+    epoch: u64,
+}
+
+impl Drop for ProbeRoute {
+    fn drop(&mut self) {
+        if let Err(error) = lock(&self.group).route_probe(None, self.epoch) {
+            tracing::warn!(%error, "cannot end a probe route");
+        }
+    }
+}
+
+impl ProbeTarget {
+    /// Connects to the probed address so that the connection reaches the socket
+    /// of `epoch` (with a shared socket: whichever child accepts first).
+    pub async fn connect(&self, epoch: u64) -> io::Result<(TcpStream, Option<ProbeRoute>)> {
+        let socket = if self.address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let route = match &self.group {
+            Some(group) => {
+                // A port of our own, on the probed (local) address: no other
+                // connection can come from this source while we hold it.
+                socket.bind(SocketAddr::new(self.address.ip(), 0))?;
+                let source = socket.local_addr()?;
+                lock(group).route_probe(Some(source), epoch)?;
+                Some(ProbeRoute {
+                    group: Arc::clone(group),
+                    epoch,
+                })
+            }
+            None => None,
+        };
+        Ok((socket.connect(self.address).await?, route))
+    }
+}
+
+/// The loopback address of the same family when bound to the wildcard.
+fn loopback_if_wildcard(bound: SocketAddr) -> SocketAddr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match bound {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
+        }
+        _ => bound,
+    }
+}
+
+/// The groups' state stays consistent under every operation, so a panic
+/// elsewhere while holding the lock does not make it unusable.
+fn lock(group: &Mutex<Group>) -> MutexGuard<'_, Group> {
+    group.lock().unwrap_or_else(|e| e.into_inner())
+}
