@@ -4,10 +4,11 @@
 //! The supervisor binds the sockets once and starts the command with them as
 //! `LISTEN_FDS` / `LISTEN_FDNAMES` (fds 3, 4, …, `LISTEN_PID` = the child's own
 //! pid — the library's [`handover::child`]). On `SIGHUP`, `SIGUSR2` or
-//! `handover upgrade` it starts a new child with the same sockets, waits until it
-//! is ready (`notify`: sd_notify `READY=1`; `http:PATH` / `tcp`: a probe answered
-//! by the *new* child, see [`ownership`]; `delay:D`), then sends the stop signal
-//! to the old child and kills it at the drain deadline. A new child that exits or
+//! `handover upgrade` it starts a new child with the sockets (for TCP, its own
+//! socket on the same address, see `steering`), waits until it is ready
+//! (`notify`: sd_notify `READY=1`; `http:PATH` / `tcp`: a probe answered by the
+//! *new* child, see [`ownership`]; `delay:D`), steers new connections to it, then
+//! sends the stop signal to the old child and kills it at the drain deadline. A new child that exits or
 //! is not ready in time is killed and reaped; the old one never noticed. A child
 //! that crashes is restarted with backoff while the sockets stay open, so clients
 //! wait in the accept queue instead of being refused.
@@ -16,8 +17,9 @@
 //! themselves.
 //!
 //! Modules: [`config`] (what it is told), [`supervisor`](run) (the event loop),
-//! `generation` (one child), `readiness`, [`ownership`] (/proc), [`control`] (the
-//! control socket and its client), [`status`]. Linux only.
+//! `listeners` and `steering` (the sockets), `generation` (one child),
+//! `readiness`, [`ownership`] (/proc), [`control`] (the control socket and its
+//! client), [`status`]. Linux only.
 
 pub mod config;
 pub mod control;
@@ -25,8 +27,8 @@ mod generation;
 mod listeners;
 pub mod ownership;
 mod readiness;
-mod steering;
 pub mod status;
+mod steering;
 mod supervisor;
 
 pub use config::{Config, Listen, ReadyMode};

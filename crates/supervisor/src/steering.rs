@@ -217,8 +217,8 @@ mod tests {
     fn a_probe_reaches_the_new_epoch_and_nobody_else_does() {
         let mut group = Group::bind("127.0.0.1:0".parse().unwrap(), 64, 1).unwrap();
         group.add(2).unwrap();
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket
             .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
             .unwrap();
@@ -228,7 +228,10 @@ mod tests {
         socket.connect(&group.address().into()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while group.queued(2) == 0 {
-            assert!(std::time::Instant::now() < deadline, "the probe went astray");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe went astray"
+            );
             std::thread::yield_now();
         }
         group.route_probe(None, 2).unwrap();

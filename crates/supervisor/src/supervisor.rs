@@ -224,16 +224,16 @@ impl Supervisor {
             self.listeners.release(epoch);
         }
         let generation = started.map_err(|e| {
-                let command = self
-                    .config
-                    .command
-                    .first()
-                    .map(|c| c.to_string_lossy().into_owned());
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot start {}: {e}", command.unwrap_or_default()),
-                )
-            })?;
+            let command = self
+                .config
+                .command
+                .first()
+                .map(|c| c.to_string_lossy().into_owned());
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", command.unwrap_or_default()),
+            )
+        })?;
         let pid = generation.pid();
         let socket = generation
             .notify

@@ -1,0 +1,128 @@
+//! `handover run` steers new TCP connections: none reaches a new child before it
+//! is ready, none reaches the old child once the new one is, even if the old one
+//! keeps accepting while it drains; and a port someone else holds is an error.
+
+mod run_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use run_support::*;
+
+/// One request on a new connection: the pid that answered, and how long it took.
+fn pid_answering(addr: SocketAddr) -> (u32, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let pid = response
+        .lines()
+        .find_map(|line| line.strip_prefix("x-pid: "))
+        .unwrap_or_else(|| panic!("no x-pid in {response:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (pid, started.elapsed())
+}
+
+#[test]
+fn new_connections_go_to_the_ready_child_and_only_to_it() {
+    // The old child keeps accepting for 3 s after its stop signal: with one
+    // shared socket it would take about half the new connections meanwhile.
+    let supervisor = Supervisor::start(
+        "steering",
+        &["--ready", "notify"],
+        &[
+            "python3",
+            fixture("notify_server.py").to_str().unwrap(),
+            "--startup-delay",
+            "1",
+            "--linger",
+            "3",
+        ],
+    );
+    let old = supervisor.current_pid();
+    let upgrade = {
+        let command = supervisor.upgrade_command();
+        std::thread::spawn(move || Command::new("sh").args(["-c", &command]).output().unwrap())
+    };
+    // One client, one request at a time, until the old child is gone.
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !upgrade.is_finished() {
+        assert!(Instant::now() < deadline, "the upgrade did not finish");
+        answers.push(pid_answering(supervisor.addr));
+    }
+    let output = upgrade.join().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let new = supervisor.current_pid();
+    assert_ne!(new, old);
+
+    let first_new = answers
+        .iter()
+        .position(|(pid, _)| *pid == new)
+        .expect("the new child answered");
+    assert!(
+        first_new > 0,
+        "the old child answered while the new one started"
+    );
+    assert!(
+        answers[..first_new].iter().all(|(pid, _)| *pid == old),
+        "{answers:?}"
+    );
+    let after = &answers[first_new..];
+    let to_old = after.iter().filter(|(pid, _)| *pid == old).count();
+    assert_eq!(
+        to_old,
+        0,
+        "the old child got {to_old} of {} connections after the new one was ready",
+        after.len()
+    );
+    assert!(
+        after.len() > 10,
+        "requests while the old child lingered: {}",
+        after.len()
+    );
+    // Nobody waited in the new child's queue while it was starting (1 s).
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a request took {slowest:?}"
+    );
+    assert!(
+        exited(old),
+        "the old child is gone once the upgrade reports it"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_an_error_and_nothing_starts() {
+    let scratch = Scratch::new("taken");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let marker = scratch.path("started");
+    let output = Command::new(HANDOVER)
+        .args(["run", "--listen", &format!("web={address}"), "--pid-file"])
+        .arg(scratch.path("handover.pid"))
+        .args(["--", "touch"])
+        .arg(&marker)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("cannot bind \"web\""), "{said}");
+    assert!(said.contains("in use"), "{said}");
+    assert!(!marker.exists(), "the command must not start");
+    // The holder's socket is untouched.
+    let _client = TcpStream::connect(address).unwrap();
+    let (_accepted, _) = taken.accept().unwrap();
+}
