@@ -71,8 +71,12 @@ impl ClientArgs {
 
 /// `handover run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Colours only for a person at a terminal: not in journald or a log file.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use handover::notify::NotifyState;
@@ -24,12 +23,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ReadyMode};
+use crate::config::Config;
 use crate::control::{self, Order, Reply, Request};
 use crate::generation::Generation;
 use crate::listeners::Listeners;
-use crate::readiness;
 use crate::status::{ChildStatus, Record, Status};
+
+mod upgrade;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -200,210 +200,6 @@ impl Supervisor {
         }
     }
 
-    fn start(&mut self, purpose: Purpose) -> std::io::Result<u32> {
-        let number = self.next_number;
-        self.next_number += 1;
-        // An upgrade's child gets sockets of its own; a first or restarted child
-        // those that new connections go to.
-        let upgrade = matches!(purpose, Purpose::Upgrade { .. });
-        let epoch = if upgrade {
-            self.listeners.open_epoch(number)?;
-            number
-        } else {
-            self.listeners.target(number)
-        };
-        let started = self.listeners.for_epoch(epoch).and_then(|sockets| {
-            let sockets: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = sockets
-                .iter()
-                .map(|(name, fd)| (name.as_str(), fd.as_fd()))
-                .collect();
-            let notify = self.config.ready == ReadyMode::Notify;
-            Generation::start(number, epoch, &self.config.command, &sockets, notify)
-        });
-        if started.is_err() && upgrade {
-            self.listeners.release(epoch);
-        }
-        let generation = started.map_err(|e| {
-            let command = self
-                .config
-                .command
-                .first()
-                .map(|c| c.to_string_lossy().into_owned());
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot start {}: {e}", command.unwrap_or_default()),
-            )
-        })?;
-        let pid = generation.pid();
-        let socket = generation
-            .notify
-            .as_ref()
-            .and_then(|n| n.socket().try_clone().ok());
-        let (mode, probe) = (self.config.ready.clone(), self.listeners.probe());
-        let ready = tokio::spawn(async move {
-            readiness::wait(&mode, pid, epoch, socket.as_ref(), probe).await
-        });
-        tracing::info!(pid, generation = number, "child started");
-        self.starting = Some(Starting {
-            generation,
-            purpose,
-            deadline: Instant::now() + self.config.ready_timeout,
-            ready,
-        });
-        Ok(pid)
-    }
-
-    async fn upgrade(&mut self, client: Client) {
-        let refusal = if self.stopping {
-            Some("the supervisor is stopping".to_owned())
-        } else if let Some(starting) = &self.starting {
-            Some(format!(
-                "an upgrade or restart is already under way (new pid {})",
-                starting.generation.pid()
-            ))
-        } else if self.current.is_none() {
-            Some("no child is running (it crashed and is being restarted)".to_owned())
-        } else if self.draining.len() >= self.config.max_draining {
-            let pids: Vec<String> = self
-                .draining
-                .iter()
-                .map(|d| d.generation.pid().to_string())
-                .collect();
-            Some(format!(
-                "{} old child(ren) still draining (pid {}), and --max-draining is {}; try again when they exit",
-                self.draining.len(),
-                pids.join(", "),
-                self.config.max_draining
-            ))
-        } else {
-            None
-        };
-        if let Some(message) = refusal {
-            tracing::warn!(%message, "upgrade refused");
-            done(&client, false, format!("upgrade refused: {message}")).await;
-            return;
-        }
-        let mut reloading = vec![NotifyState::Reloading];
-        reloading.extend(NotifyState::monotonic_usec_now().ok());
-        self.notify_upstream(&reloading);
-        let client_for_start = client.clone();
-        match self.start(Purpose::Upgrade {
-            client: client_for_start,
-        }) {
-            Ok(pid) => {
-                let number = self.next_number - 1;
-                say(
-                    &client,
-                    format!("new pid {pid} started (generation {number})"),
-                )
-                .await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "upgrade failed");
-                self.record_upgrade(false, error.to_string());
-                done(
-                    &client,
-                    false,
-                    format!("upgrade failed: {error}; the old child keeps serving"),
-                )
-                .await;
-                self.notify_upstream(&[NotifyState::Ready]);
-            }
-        }
-    }
-
-    async fn commit(&mut self) {
-        let Some(starting) = self.starting.take() else {
-            return;
-        };
-        let mut generation = starting.generation;
-        let took = generation.started.elapsed();
-        generation.ready_at = Some(Instant::now());
-        let pid = generation.pid();
-        tracing::info!(pid, after = ?took, "child ready");
-        self.backoff = FIRST_BACKOFF;
-        self.respawn_at = None; // a child is serving again
-        match starting.purpose {
-            Purpose::First | Purpose::Respawn => self.current = Some(generation),
-            Purpose::Upgrade { client } => {
-                say(
-                    &client,
-                    format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
-                )
-                .await;
-                self.listeners.steer_to(generation.epoch);
-                let old = self.current.replace(generation);
-                match old {
-                    Some(old) => {
-                        let old_pid = old.pid();
-                        self.record_upgrade(
-                            true,
-                            format!(
-                                "pid {old_pid} → {pid}, ready after {:.2}s",
-                                took.as_secs_f64()
-                            ),
-                        );
-                        let now = Instant::now();
-                        self.draining.push(Draining {
-                            generation: old,
-                            since: now,
-                            deadline: now + self.config.drain_timeout,
-                            stop_sent: false,
-                            handoff_until: now + HANDOFF_LIMIT,
-                            killed: false,
-                            client,
-                        });
-                        self.stop_handed_over().await;
-                    }
-                    None => {
-                        self.release_unused_epochs();
-                        self.record_upgrade(
-                            true,
-                            format!("pid {pid} ready (the old child had exited)"),
-                        );
-                        done(&client, true, format!("new pid {pid} serving")).await;
-                    }
-                }
-            }
-        }
-        self.notify_upstream(&[NotifyState::Ready]);
-    }
-
-    /// The starting child is not committed: kill it (unless it already exited
-    /// and was reaped) and report why, with its last stderr lines.
-    async fn fail_starting(&mut self, why: String, reaped: bool) {
-        let Some(starting) = self.starting.take() else {
-            return;
-        };
-        starting.ready.abort();
-        let mut generation = starting.generation;
-        let pid = generation.pid();
-        if !reaped {
-            generation.child.kill_and_reap();
-        }
-        let tail = generation.stderr_tail().await;
-        let mut message = format!("new pid {pid} {why}");
-        if !tail.is_empty() {
-            message.push_str("; last lines of its stderr:\n  ");
-            message.push_str(&tail.join("\n  "));
-        }
-        tracing::error!(%message, "child not ready");
-        self.release_unused_epochs();
-        match starting.purpose {
-            Purpose::Upgrade { client } => {
-                self.record_upgrade(false, message.clone());
-                done(
-                    &client,
-                    false,
-                    format!("upgrade failed: {message}\nthe old child keeps serving"),
-                )
-                .await;
-                self.notify_upstream(&[NotifyState::Ready]);
-            }
-            Purpose::First | Purpose::Respawn => self.schedule_respawn(),
-        }
-    }
-
     async fn reap(&mut self) {
         let starting_exit = self
             .starting
@@ -454,49 +250,6 @@ impl Supervisor {
         }
         self.draining = still;
         self.release_unused_epochs();
-    }
-
-    /// Sends the stop signal to each old child that has accepted every
-    /// connection queued for it (new ones go to the new child), or whose time
-    /// for that is up.
-    async fn stop_handed_over(&mut self) {
-        let now = Instant::now();
-        for draining in self.draining.iter_mut().filter(|d| !d.stop_sent) {
-            let pid = draining.generation.pid();
-            let queued = self.listeners.queued(draining.generation.epoch);
-            if queued > 0 {
-                if now < draining.handoff_until {
-                    continue;
-                }
-                tracing::warn!(
-                    pid,
-                    queued,
-                    "old child has not accepted every connection queued for it; stopping it anyway"
-                );
-            }
-            draining.stop_sent = true;
-            if let Err(error) = draining.generation.child.signal(self.config.stop_signal) {
-                tracing::warn!(%error, pid, "cannot signal the old child");
-            }
-            say(&draining.client, format!("old pid {pid} draining")).await;
-        }
-    }
-
-    /// Closes the sockets of epochs no child holds any more (the old child's,
-    /// once it is gone; a failed upgrade's).
-    fn release_unused_epochs(&self) {
-        let live: Vec<u64> = self
-            .current
-            .iter()
-            .chain(self.starting.as_ref().map(|s| &s.generation))
-            .chain(self.draining.iter().map(|d| &d.generation))
-            .map(|g| g.epoch)
-            .collect();
-        for epoch in self.listeners.epochs() {
-            if !live.contains(&epoch) {
-                self.listeners.release(epoch);
-            }
-        }
     }
 
     async fn tick(&mut self) {
