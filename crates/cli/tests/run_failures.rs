@@ -49,6 +49,7 @@ fn a_new_version_that_crashes_or_hangs_is_rolled_back() {
     );
     let old = supervisor.current_pid();
     let load = load(&supervisor, Mode::Mixed);
+    let fds_before = fds_of(supervisor.process.id());
 
     replace(
         &server,
@@ -87,6 +88,17 @@ fn a_new_version_that_crashes_or_hangs_is_rolled_back() {
         [old],
         "no failed child is left, not even a zombie"
     );
+    // Neither the failed children's sockets (each upgrade binds its own) nor
+    // their notify sockets or pipes are left open in the supervisor.
+    try_wait_until(Duration::from_secs(5), || {
+        (fds_of(supervisor.process.id()) == fds_before).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "supervisor fds before {fds_before:?}, after {:?}",
+            fds_of(supervisor.process.id())
+        )
+    });
     let status = supervisor.status().unwrap();
     let upgrades = status["upgrades"].as_array().unwrap();
     assert_eq!(upgrades.len(), 2);

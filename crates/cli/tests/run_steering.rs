@@ -50,6 +50,7 @@ fn new_connections_go_to_the_ready_child_and_only_to_it() {
         ],
     );
     let old = supervisor.current_pid();
+    let fds_before = fds_of(supervisor.process.id());
     let upgrade = {
         let command = supervisor.upgrade_command();
         std::thread::spawn(move || Command::new("sh").args(["-c", &command]).output().unwrap())
@@ -101,6 +102,18 @@ fn new_connections_go_to_the_ready_child_and_only_to_it() {
         exited(old),
         "the old child is gone once the upgrade reports it"
     );
+    // The old child's socket was closed with it: one web socket, a new one.
+    let settled = try_wait_until(Duration::from_secs(5), || {
+        let now = fds_of(supervisor.process.id());
+        (now.len() == fds_before.len()).then_some(now)
+    });
+    let after = settled.unwrap_or_else(|| {
+        panic!(
+            "supervisor fds before {fds_before:?}, after {:?}",
+            fds_of(supervisor.process.id())
+        )
+    });
+    assert_ne!(after, fds_before, "the web socket is the new child's");
 }
 
 #[test]
