@@ -153,6 +153,67 @@ fn a_child_that_crashes_while_serving_is_restarted_and_no_connection_is_refused(
     assert!(supervisor.log_text().contains("restarting the child"));
 }
 
+/// The old child dies while the new one is starting: clients that connect
+/// after that wait for the new child instead of queueing on a socket nobody will
+/// ever accept from. Only the requests the dead child had in hand fail, and
+/// those that arrived before the supervisor heard of its death.
+#[test]
+fn a_child_that_crashes_during_an_upgrade_hands_its_clients_to_the_new_one() {
+    let supervisor = Supervisor::start(
+        "crash-upgrade",
+        &["--ready", "notify"],
+        &[
+            "python3",
+            fixture("notify_server.py").to_str().unwrap(),
+            "--startup-delay",
+            "1.5",
+        ],
+    );
+    let crashed = supervisor.current_pid();
+    let load = load(&supervisor, Mode::Close);
+    let upgrade = {
+        let command = supervisor.upgrade_command();
+        std::thread::spawn(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &command])
+                .output()
+                .unwrap()
+        })
+    };
+    let new = wait_until("the new child", Duration::from_secs(10), || {
+        supervisor.status()?["starting"]["pid"].as_u64()
+    }) as u32;
+    signal(crashed, rustix::process::Signal::KILL);
+    let output = upgrade.join().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(supervisor.current_pid(), new);
+    let before = load.stats().successes();
+    assert!(load
+        .stats()
+        .wait_for_successes(before + 50, Duration::from_secs(20)));
+    let report = load.stop();
+    assert_eq!(
+        report.count_of(&handover_loadgen::FailureKind::Refused),
+        0,
+        "{}",
+        report.summary()
+    );
+    // The requests the dead child had in hand fail at once. A client parked
+    // on the dead child's socket would fail only when the new child is ready,
+    // after waiting out its start-up (1.5 s): none may.
+    let parked: Vec<String> = report
+        .failures()
+        .iter()
+        .filter(|f| f.latency > Duration::from_millis(500))
+        .map(|f| format!("{f:?}"))
+        .collect();
+    assert!(parked.is_empty(), "{parked:#?}\n{}", report.summary());
+    assert!(report.distinct_pids().contains(&new.to_string()));
+    assert!(supervisor
+        .log_text()
+        .contains(&format!("new connections wait for new pid {new}")));
+}
+
 #[test]
 fn max_draining_bounds_old_children() {
     let supervisor = Supervisor::start(

@@ -215,6 +215,20 @@ impl Supervisor {
             .and_then(|c| c.child.exited().ok().flatten());
         if let Some(status) = current_exit {
             let crashed = self.current.take().map(|c| c.pid()).unwrap_or_default();
+            let upgrading = self
+                .starting
+                .as_ref()
+                .filter(|s| matches!(s.purpose, Purpose::Upgrade { .. }))
+                .map(|s| (s.generation.pid(), s.generation.epoch));
+            if let Some((pid, epoch)) = upgrading {
+                // Nobody accepts on the crashed child's sockets any more: let
+                // clients wait for the new child instead (and, if it fails, for
+                // the restart, which gets these sockets).
+                tracing::error!(
+                    "pid {crashed} {status} unexpectedly during an upgrade; new connections wait for new pid {pid}"
+                );
+                self.listeners.steer_to(epoch);
+            }
             if !self.stopping {
                 let message = format!(
                     "pid {crashed} {status} unexpectedly; restarting it (sockets stay open)"
