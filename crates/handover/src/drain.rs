@@ -132,7 +132,8 @@ impl fmt::Debug for DrainSignal {
     }
 }
 
-/// Counts live connections; see the [module docs](self).
+/// Counts live connections, so that a drain ends as soon as the count reaches
+/// zero (or at the deadline).
 #[derive(Clone)]
 pub struct ConnectionTracker {
     count: Arc<Beacon<usize>>,

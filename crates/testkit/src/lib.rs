@@ -4,6 +4,11 @@
 //! wait for conditions (polling with a bound, never sleeping in place of a
 //! condition), and look at processes and their fds through /proc so that tests
 //! can end what they started by pid and check that nothing leaked.
+//!
+//! Writing executables and starting processes go through one lock
+//! ([`copy_executable`], [`write_executable`], [`spawn`]): a file open for
+//! writing while another thread forks is inherited by that child until it execs,
+//! and exec'ing the file meanwhile fails with ETXTBSY ("Text file busy").
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -152,25 +157,21 @@ pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
     fds
 }
 
-/// Serialises writing executables with starting processes in this test process.
-///
-/// A file open for writing while another thread forks is inherited by that child
-/// until it execs; exec'ing the file meanwhile fails with ETXTBSY ("Text file
-/// busy"). Tests that copy binaries and start processes in parallel threads do
-/// both through [`copy_executable`], [`write_executable`] and [`spawn`].
+/// Serialises writing executables with starting processes (see the crate docs).
 static EXEC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn exec_lock() -> std::sync::MutexGuard<'static, ()> {
     EXEC_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Copies an executable (see [`EXEC_LOCK`]).
+/// Copies an executable (under the executable lock, see the crate docs).
 pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
     let _lock = exec_lock();
     std::fs::copy(from, to).expect("copying an executable");
 }
 
-/// Writes an executable file with `contents` (mode 0755), see [`EXEC_LOCK`].
+/// Writes an executable file with `contents` (mode 0755), under the executable
+/// lock (see the crate docs).
 pub fn write_executable(path: &std::path::Path, contents: &str) {
     use std::os::unix::fs::PermissionsExt;
     let _lock = exec_lock();
@@ -178,7 +179,7 @@ pub fn write_executable(path: &std::path::Path, contents: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// Starts `command` (see [`EXEC_LOCK`]).
+/// Starts `command` (under the executable lock, see the crate docs).
 pub fn spawn(command: &mut std::process::Command) -> std::process::Child {
     let _lock = exec_lock();
     command.spawn().expect("starting a process")

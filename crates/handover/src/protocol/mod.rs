@@ -5,7 +5,7 @@
 //! server under a supervisor meet the same contract:
 //!
 //! - sockets arrive as fds 3, 4, … with `LISTEN_FDS`, `LISTEN_FDNAMES` and
-//!   `LISTEN_PID` (= the receiver's own pid) — see [`env`];
+//!   `LISTEN_PID` (= the receiver's own pid) — see [`mod@env`];
 //! - readiness and state go back as `sd_notify` datagrams (`READY=1`, …) to the
 //!   Unix socket named by `NOTIFY_SOCKET` — see [`message`];
 //! - three `HANDOVER_*` variables link a successor to its parent: which process
