@@ -139,3 +139,47 @@ fn a_port_in_use_is_an_error_and_nothing_starts() {
     let _client = TcpStream::connect(address).unwrap();
     let (_accepted, _) = taken.accept().unwrap();
 }
+
+/// Over IPv6 the readiness probe is routed by its IPv6 source address and port.
+#[test]
+fn an_ipv6_listener_is_steered_and_probed_too() {
+    let supervisor = Supervisor::start_listening(
+        "steering-v6",
+        "web=[::1]:0",
+        &["--ready", "http:/"],
+        &[
+            "python3",
+            fixture("notify_server.py").to_str().unwrap(),
+            "--startup-delay",
+            "0.5",
+        ],
+    );
+    assert!(supervisor.addr.is_ipv6(), "{}", supervisor.addr);
+    let old = supervisor.current_pid();
+    let (output, report) = supervisor.check(&[
+        "--upgrade",
+        &supervisor.upgrade_command(),
+        "--every",
+        "1s",
+        "--upgrade-count",
+        "3",
+        "--duration",
+        "5s",
+        "--connections",
+        "4",
+        "--mode",
+        "mixed",
+    ]);
+    assert_clean(&report, &supervisor);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_ne!(supervisor.current_pid(), old);
+    assert_eq!(
+        report["upgrades"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["ok"] == true)
+            .count(),
+        3
+    );
+}

@@ -42,11 +42,31 @@ impl Supervisor {
         command: &[&str],
         env: &[(&str, &Path)],
     ) -> Supervisor {
+        Supervisor::start_full(label, "web=127.0.0.1:0", options, command, env)
+    }
+
+    /// [`Supervisor::start`] with another `--listen` for the first socket.
+    pub fn start_listening(
+        label: &str,
+        listen: &str,
+        options: &[&str],
+        command: &[&str],
+    ) -> Supervisor {
+        Supervisor::start_full(label, listen, options, command, &[])
+    }
+
+    fn start_full(
+        label: &str,
+        listen: &str,
+        options: &[&str],
+        command: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Supervisor {
         let scratch = Scratch::new(label);
         let pid_file = scratch.path("handover.pid");
         let log = scratch.path("handover.log");
         let process = Command::new(HANDOVER)
-            .args(["run", "--listen", "web=127.0.0.1:0", "--pid-file"])
+            .args(["run", "--listen", listen, "--pid-file"])
             .arg(&pid_file)
             .args(options)
             .arg("--")
