@@ -141,12 +141,13 @@ impl Supervisor {
         match starting.purpose {
             Purpose::First | Purpose::Respawn => self.current = Some(generation),
             Purpose::Upgrade { client } => {
+                // First thing: from now on new connections go to the new child.
+                self.listeners.steer_to(generation.epoch);
                 say(
                     &client,
                     format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
                 )
                 .await;
-                self.listeners.steer_to(generation.epoch);
                 let old = self.current.replace(generation);
                 match old {
                     Some(old) => {
