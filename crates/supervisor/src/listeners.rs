@@ -122,6 +122,9 @@ impl Listeners {
     pub fn release(&self, epoch: u64) {
         for group in self.groups() {
             let mut group = lock(group);
+            if group.target() == epoch {
+                continue; // clients wait there for the next child
+            }
             let queued = group.queued(epoch);
             if queued > 0 {
                 tracing::warn!(
