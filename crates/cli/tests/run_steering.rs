@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use run_support::*;
 
+/// The two tests under load one at a time: the latency bound below is about
+/// the supervisor, not about two Python servers sharing two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One request on a new connection: the pid that answered, and how long it took.
 fn pid_answering(addr: SocketAddr) -> (u32, Duration) {
     let started = Instant::now();
@@ -35,6 +39,7 @@ fn pid_answering(addr: SocketAddr) -> (u32, Duration) {
 
 #[test]
 fn new_connections_go_to_the_ready_child_and_only_to_it() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The old child keeps accepting for 3 s after its stop signal: with one
     // shared socket it would take about half the new connections meanwhile.
     let supervisor = Supervisor::start(
@@ -44,7 +49,7 @@ fn new_connections_go_to_the_ready_child_and_only_to_it() {
             "python3",
             fixture("notify_server.py").to_str().unwrap(),
             "--startup-delay",
-            "1",
+            "2",
             "--linger",
             "3",
         ],
@@ -92,10 +97,11 @@ fn new_connections_go_to_the_ready_child_and_only_to_it() {
         "requests while the old child lingered: {}",
         after.len()
     );
-    // Nobody waited in the new child's queue while it was starting (1 s).
+    // Nobody waited in the new child's queue while it was starting: the first
+    // client sent there would have waited out most of the 2 s start-up.
     let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "a request took {slowest:?}"
     );
     assert!(
@@ -143,6 +149,7 @@ fn a_port_in_use_is_an_error_and_nothing_starts() {
 /// Over IPv6 the readiness probe is routed by its IPv6 source address and port.
 #[test]
 fn an_ipv6_listener_is_steered_and_probed_too() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let supervisor = Supervisor::start_listening(
         "steering-v6",
         "web=[::1]:0",
