@@ -67,6 +67,28 @@ struct Draining {
     client: Client,
 }
 
+impl Draining {
+    /// An old child whose stop signal waits until it has accepted what was
+    /// queued for it, or `handoff` has passed; killed `drain_timeout` from now.
+    fn new(
+        generation: Generation,
+        drain_timeout: Duration,
+        handoff: Duration,
+        client: Client,
+    ) -> Self {
+        let now = Instant::now();
+        Draining {
+            generation,
+            since: now,
+            deadline: now + drain_timeout,
+            stop_sent: false,
+            handoff_until: now + handoff,
+            killed: false,
+            client,
+        }
+    }
+}
+
 enum Event {
     Order(Request, mpsc::Sender<Reply>),
     Upgrade,
@@ -330,16 +352,10 @@ impl Supervisor {
             } else {
                 self.config.stop_signal
             });
-            let now = Instant::now();
-            self.draining.push(Draining {
-                generation: current,
-                since: now,
-                deadline: now + self.config.drain_timeout,
-                stop_sent: true,
-                handoff_until: now,
-                killed: fast,
-                client: None,
-            });
+            let mut draining =
+                Draining::new(current, self.config.drain_timeout, Duration::ZERO, None);
+            (draining.stop_sent, draining.killed) = (true, fast); // signalled just above
+            self.draining.push(draining);
         }
         for draining in &mut self.draining {
             draining.handoff_until = Instant::now(); // stop the old ones now too

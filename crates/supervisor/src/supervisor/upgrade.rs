@@ -115,14 +115,7 @@ impl Supervisor {
             }
             Err(error) => {
                 tracing::error!(%error, "upgrade failed");
-                self.record_upgrade(false, error.to_string());
-                done(
-                    &client,
-                    false,
-                    format!("upgrade failed: {error}; the old child keeps serving"),
-                )
-                .await;
-                self.notify_upstream(&[NotifyState::Ready]);
+                self.upgrade_failed(&client, error.to_string()).await;
             }
         }
     }
@@ -159,16 +152,12 @@ impl Supervisor {
                                 took.as_secs_f64()
                             ),
                         );
-                        let now = Instant::now();
-                        self.draining.push(Draining {
-                            generation: old,
-                            since: now,
-                            deadline: now + self.config.drain_timeout,
-                            stop_sent: false,
-                            handoff_until: now + HANDOFF_LIMIT,
-                            killed: false,
+                        self.draining.push(Draining::new(
+                            old,
+                            self.config.drain_timeout,
+                            HANDOFF_LIMIT,
                             client,
-                        });
+                        ));
                         self.stop_handed_over().await;
                     }
                     None => {
@@ -206,18 +195,18 @@ impl Supervisor {
         tracing::error!(%message, "child not ready");
         self.release_unused_epochs();
         match starting.purpose {
-            Purpose::Upgrade { client } => {
-                self.record_upgrade(false, message.clone());
-                done(
-                    &client,
-                    false,
-                    format!("upgrade failed: {message}\nthe old child keeps serving"),
-                )
-                .await;
-                self.notify_upstream(&[NotifyState::Ready]);
-            }
+            Purpose::Upgrade { client } => self.upgrade_failed(&client, message).await,
             Purpose::First | Purpose::Respawn => self.schedule_respawn(),
         }
+    }
+
+    /// Records a failed upgrade and tells the client and systemd; the old child
+    /// was never touched.
+    async fn upgrade_failed(&mut self, client: &Client, message: String) {
+        self.record_upgrade(false, message.clone());
+        let reply = format!("upgrade failed: {message}\nthe old child keeps serving");
+        done(client, false, reply).await;
+        self.notify_upstream(&[NotifyState::Ready]);
     }
 
     /// Sends the stop signal to each old child that has accepted every
