@@ -171,15 +171,7 @@ fn a_child_that_crashes_during_an_upgrade_hands_its_clients_to_the_new_one() {
     );
     let crashed = supervisor.current_pid();
     let load = load(&supervisor, Mode::Close);
-    let upgrade = {
-        let command = supervisor.upgrade_command();
-        std::thread::spawn(move || {
-            std::process::Command::new("sh")
-                .args(["-c", &command])
-                .output()
-                .unwrap()
-        })
-    };
+    let upgrade = supervisor.upgrade_in_background();
     let new = wait_until("the new child", Duration::from_secs(10), || {
         supervisor.status()?["starting"]["pid"].as_u64()
     }) as u32;

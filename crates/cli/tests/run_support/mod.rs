@@ -131,6 +131,19 @@ impl Supervisor {
         self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32
     }
 
+    /// Runs `handover upgrade` on another thread; join it for its output.
+    pub fn upgrade_in_background(&self) -> std::thread::JoinHandle<Output> {
+        let pid_file = self.pid_file.clone();
+        std::thread::spawn(move || {
+            Command::new(HANDOVER)
+                .arg("upgrade")
+                .arg("--pid-file")
+                .arg(pid_file)
+                .output()
+                .unwrap()
+        })
+    }
+
     /// The upgrade command for `handover check --upgrade`.
     pub fn upgrade_command(&self) -> String {
         format!("{HANDOVER} upgrade --pid-file {}", self.pid_file.display())
