@@ -14,8 +14,10 @@ use handover_supervisor::{Config, Listen, ReadyMode};
 /// Arguments of `handover run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A socket to hold and pass to the server: NAME=HOST:PORT (TCP),
-    /// NAME=udp://HOST:PORT, NAME=unix:PATH. Repeatable; fds 3, 4, … in this order.
+    /// A socket to hold and pass to the server: NAME=HOST:PORT (TCP, HTTP; also
+    /// NAME=http://HOST:PORT), NAME=tcp://HOST:PORT (TCP, any protocol: rescued
+    /// connections are relayed byte for byte), NAME=udp://HOST:PORT,
+    /// NAME=unix:PATH. Repeatable; fds 3, 4, … in this order.
     #[arg(long = "listen", value_name = "NAME=ADDR")]
     listen: Vec<Listen>,
     /// How a new child proves it is ready: notify (sd_notify READY=1),
@@ -35,6 +37,17 @@ pub struct RunArgs {
     /// that is refused.
     #[arg(long, default_value_t = 1)]
     max_draining: usize,
+    /// Do not rescue the connections an old child drops at shutdown: its idle
+    /// keep-alive connections then close as the child decides.
+    #[arg(long)]
+    no_rescue: bool,
+    /// At most this many of an old child's connections held for rescue per
+    /// upgrade (also bounded by the fd limit).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    rescue_max: usize,
+    /// How long a rescued connection may stay silent before it is closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    rescue_idle: Duration,
     /// Write the supervisor's pid here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
@@ -93,6 +106,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_draining: args.max_draining.max(1),
         pid_file: args.pid_file,
         command: args.command,
+        rescue: (!args.no_rescue).then_some(handover_supervisor::rescue::Settings {
+            max: args.rescue_max,
+            idle: args.rescue_idle,
+        }),
     };
     // One thread: the supervisor is idle almost always and must stay small.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,6 @@
 //! The only module with `unsafe` code.
 //!
-//! Two things here have no safe API:
+//! Three things here have no safe API:
 //!
 //! 1. **Adopting inherited descriptors.** LISTEN_FDS says "fds 3, 4, … are yours";
 //!    turning such a number into an [`OwnedFd`] is an ownership claim the compiler
@@ -11,10 +11,10 @@
 //!    `std::process::Command` cannot write the child's pid into its environment, so
 //!    [`fork_exec`] forks and execs itself. Between `fork` and `execve` the child
 //!    runs only async-signal-safe calls on memory prepared before the fork.
-//! 3. **Two Linux socket options no crate wraps** (for
-//!    [`crate::sockets::reuseport`]): attaching a classic BPF program to a
-//!    SO_REUSEPORT group, and reading a listener's accept-queue length from
-//!    `TCP_INFO`.
+//! 3. **Two Linux socket options no crate wraps**: attaching a classic BPF
+//!    program to a SO_REUSEPORT group (for [`crate::sockets::reuseport`]), and
+//!    reading `TCP_INFO` (a listener's accept-queue length, a connection's byte
+//!    counters: [`crate::sockets::tcp_info`]).
 
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
@@ -287,10 +287,10 @@ pub(crate) fn attach_reuseport_cbpf(
     }
 }
 
-/// How many connections wait in the accept queue of the listening TCP socket
-/// `fd`: for a listener, `TCP_INFO`'s `tcpi_unacked` is the accept backlog.
+/// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`: what the kernel knows about one
+/// TCP socket. Fields a kernel older than this `libc` does not fill stay zero.
 #[cfg(target_os = "linux")]
-pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
+pub(crate) fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data, valid when zeroed.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -307,12 +307,5 @@ pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
     if result != 0 {
         return Err(io::Error::last_os_error());
     }
-    const TCP_LISTEN: u8 = 10; // include/net/tcp_states.h
-    if info.tcpi_state != TCP_LISTEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a listening TCP socket",
-        ));
-    }
-    Ok(info.tcpi_unacked)
+    Ok(info)
 }

@@ -30,6 +30,8 @@ pub struct Config {
     pub control: PathBuf,
     /// The command and its arguments; `{fd:NAME}` is replaced by NAME's fd number.
     pub command: Vec<OsString>,
+    /// Keep-alive rescue of an old child's connections (`None`: `--no-rescue`).
+    pub rescue: Option<crate::rescue::Settings>,
 }
 
 /// One `--listen NAME=ADDR`.
@@ -41,12 +43,26 @@ pub struct Listen {
     pub kind: SocketKind,
     /// Where it is bound.
     pub address: Address,
+    /// What its connections speak, for the keep-alive rescue (TCP only).
+    pub protocol: Protocol,
+}
+
+/// What a TCP listener's connections speak, as far as a rescue relay cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: rescued request by request, the last answer `Connection: close`
+    /// (`NAME=HOST:PORT`, `NAME=http://HOST:PORT`).
+    Http,
+    /// Anything else: rescued connections relayed byte for byte
+    /// (`NAME=tcp://HOST:PORT`).
+    Raw,
 }
 
 impl FromStr for Listen {
     type Err = String;
 
-    /// `NAME=HOST:PORT` (TCP), `NAME=tcp://HOST:PORT`, `NAME=udp://HOST:PORT`,
+    /// `NAME=HOST:PORT` or `NAME=http://HOST:PORT` (TCP, HTTP),
+    /// `NAME=tcp://HOST:PORT` (TCP, any protocol), `NAME=udp://HOST:PORT`,
     /// `NAME=unix:PATH` or `NAME=/abs/path` (Unix).
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let (name, addr) = spec
@@ -66,20 +82,25 @@ impl FromStr for Listen {
                 .next()
                 .ok_or_else(|| format!("{addr:?} resolves to nothing"))
         };
+        let mut protocol = Protocol::Http;
         let (kind, address) = if let Some(path) = addr.strip_prefix("unix:") {
             (SocketKind::UnixListener, Address::Unix(path.into()))
         } else if addr.starts_with('/') || addr.starts_with("./") {
             (SocketKind::UnixListener, Address::Unix(addr.into()))
         } else if let Some(rest) = addr.strip_prefix("udp://") {
             (SocketKind::Udp, Address::Inet(inet(rest)?))
+        } else if let Some(rest) = addr.strip_prefix("tcp://") {
+            protocol = Protocol::Raw;
+            (SocketKind::TcpListener, Address::Inet(inet(rest)?))
         } else {
-            let rest = addr.strip_prefix("tcp://").unwrap_or(addr);
+            let rest = addr.strip_prefix("http://").unwrap_or(addr);
             (SocketKind::TcpListener, Address::Inet(inet(rest)?))
         };
         Ok(Listen {
             name: name.to_owned(),
             kind,
             address,
+            protocol,
         })
     }
 }
@@ -189,6 +210,17 @@ mod tests {
         assert_eq!(
             web.address,
             Address::Inet("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(web.protocol, Protocol::Http);
+        let raw: Listen = "db=tcp://127.0.0.1:5432".parse().unwrap();
+        assert_eq!(
+            (raw.kind, raw.protocol),
+            (SocketKind::TcpListener, Protocol::Raw)
+        );
+        let http: Listen = "web=http://127.0.0.1:80".parse().unwrap();
+        assert_eq!(
+            (http.kind, http.protocol),
+            (SocketKind::TcpListener, Protocol::Http)
         );
         let dns: Listen = "dns=udp://127.0.0.1:53".parse().unwrap();
         assert_eq!(dns.kind, SocketKind::Udp);

@@ -27,6 +27,7 @@ mod generation;
 mod listeners;
 pub mod ownership;
 mod readiness;
+pub mod rescue;
 pub mod status;
 mod steering;
 mod supervisor;

@@ -19,6 +19,7 @@ use handover::{Address, SocketKind};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Listen;
+use crate::rescue::Target;
 use crate::status::SocketStatus;
 use crate::steering::Group;
 
@@ -35,6 +36,7 @@ struct Named {
     name: String,
     /// As bound (port 0 resolved), for status.
     address: String,
+    protocol: crate::config::Protocol,
     socket: Socket,
 }
 
@@ -164,6 +166,31 @@ impl Listeners {
             .collect()
     }
 
+    /// The TCP listeners, as the keep-alive rescue needs them.
+    pub fn rescue_targets(&self) -> Vec<Target> {
+        self.sockets
+            .iter()
+            .filter_map(|named| {
+                let bound = match &named.socket {
+                    Socket::Steered(group) => lock(group).address(),
+                    Socket::Shared(fd) => {
+                        let sock = socket2::SockRef::from(fd);
+                        if sock.r#type().ok()? != socket2::Type::STREAM {
+                            return None;
+                        }
+                        sock.local_addr().ok()?.as_socket()?
+                    }
+                };
+                Some(Target {
+                    name: named.name.clone(),
+                    bound,
+                    connect: loopback_if_wildcard(bound),
+                    protocol: named.protocol,
+                })
+            })
+            .collect()
+    }
+
     fn groups(&self) -> impl Iterator<Item = &Arc<Mutex<Group>>> {
         self.sockets.iter().filter_map(|named| match &named.socket {
             Socket::Steered(group) => Some(group),
@@ -176,6 +203,7 @@ fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {
     let named = |address: String, socket| Named {
         name: listen.name.clone(),
         address,
+        protocol: listen.protocol,
         socket,
     };
     if let (SocketKind::TcpListener, Address::Inet(address)) = (listen.kind, &listen.address) {

@@ -58,6 +58,13 @@ pub struct Record {
     pub ok: bool,
     /// What happened.
     pub message: String,
+    /// For an upgrade: the old child's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_pid: Option<u32>,
+    /// For an upgrade: what became of the old child's client connections
+    /// (keep-alive rescue), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<crate::rescue::Counts>,
 }
 
 impl fmt::Display for Status {
@@ -100,13 +107,17 @@ impl fmt::Display for Status {
         }
         for (label, records) in [("upgrade", &self.upgrades), ("crash", &self.crashes)] {
             for r in records {
-                writeln!(
+                write!(
                     f,
                     "{label} at {}: {} {}",
                     r.at_unix_s,
                     if r.ok { "ok" } else { "FAILED" },
                     r.message
                 )?;
+                match &r.connections {
+                    Some(counts) => writeln!(f, "; old child's connections: {counts}")?,
+                    None => writeln!(f)?,
+                }
             }
         }
         Ok(())

@@ -20,6 +20,8 @@
 mod bind;
 #[cfg(target_os = "linux")]
 pub mod reuseport;
+#[cfg(target_os = "linux")]
+pub mod tcp_info;
 
 pub use bind::bind;
 

@@ -94,9 +94,17 @@ pub fn steer(member: BorrowedFd<'_>, address: SocketAddr, route: &Route) -> io::
     sys::attach_reuseport_cbpf(member, &program(address.is_ipv6(), route))
 }
 
-/// How many connections wait in `listener`'s accept queue.
+/// How many connections wait in `listener`'s accept queue: for a listening
+/// socket, `TCP_INFO`'s `tcpi_unacked` is the accept backlog.
 pub fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
-    sys::accept_queue_len(listener)
+    let info = sys::tcp_info(listener)?;
+    if super::tcp_info::TcpState::from_raw(info.tcpi_state) != super::tcp_info::TcpState::Listen {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening TCP socket",
+        ));
+    }
+    Ok(info.tcpi_unacked)
 }
 
 /// Takes `member` out of its group and stops it listening, for every process that

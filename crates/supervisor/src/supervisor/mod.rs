@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::control::{self, Order, Reply, Request};
 use crate::generation::Generation;
 use crate::listeners::Listeners;
+use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
 
 mod upgrade;
@@ -57,6 +58,8 @@ struct Starting {
 
 struct Draining {
     generation: Generation,
+    /// Its client connections, held for the keep-alive rescue.
+    rescue: Rescue,
     since: Instant,
     deadline: Instant,
     /// Whether the stop signal was sent (it waits for the hand-off).
@@ -79,6 +82,7 @@ impl Draining {
         let now = Instant::now();
         Draining {
             generation,
+            rescue: Rescue::NotTaken,
             since: now,
             deadline: now + drain_timeout,
             stop_sent: false,
@@ -89,12 +93,32 @@ impl Draining {
     }
 }
 
+/// Where the keep-alive rescue of one old child stands.
+enum Rescue {
+    /// Not taken (yet, or at all: off, stopping, not permitted).
+    NotTaken,
+    /// A watch task holds its connections.
+    Watching,
+    /// Every connection is accounted for.
+    Done(rescue::Counts),
+}
+
+/// An old child that has exited while its rescued connections are still being
+/// served; its upgrade's client hears the end once they are.
+struct Settling {
+    pid: u32,
+    how: String,
+    took: f64,
+    client: Client,
+}
+
 enum Event {
     Order(Request, mpsc::Sender<Reply>),
     Upgrade,
     Stop { fast: bool },
     ChildExited,
     Ready(Result<(), String>),
+    Rescued(rescue::Report),
     Tick,
 }
 
@@ -105,6 +129,10 @@ struct Supervisor {
     current: Option<Generation>,
     starting: Option<Starting>,
     draining: Vec<Draining>,
+    settling: Vec<Settling>,
+    rescue_reports: mpsc::UnboundedSender<rescue::Report>,
+    /// Why rescue is impossible here, once logged (it is logged once).
+    rescue_refused: Option<String>,
     next_number: u64,
     upgrades: VecDeque<Record>,
     crashes: VecDeque<Record>,
@@ -124,6 +152,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
         )
     })?;
     let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
+    let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
     tokio::spawn(control::serve(listener, orders_tx));
     if let Some(path) = &config.pid_file {
         handover::pidfile::write(path, std::process::id())
@@ -136,6 +165,9 @@ pub async fn run(config: Config) -> Result<i32, String> {
         current: None,
         starting: None,
         draining: Vec::new(),
+        settling: Vec::new(),
+        rescue_reports,
+        rescue_refused: None,
         next_number: 1,
         upgrades: VecDeque::new(),
         crashes: VecDeque::new(),
@@ -144,13 +176,17 @@ pub async fn run(config: Config) -> Result<i32, String> {
         stopping: false,
         stop_clients: Vec::new(),
     };
-    let result = supervisor.event_loop(&mut orders).await;
+    let result = supervisor.event_loop(&mut orders, &mut rescued).await;
     supervisor.cleanup();
     result
 }
 
 impl Supervisor {
-    async fn event_loop(&mut self, orders: &mut mpsc::Receiver<Order>) -> Result<i32, String> {
+    async fn event_loop(
+        &mut self,
+        orders: &mut mpsc::Receiver<Order>,
+        rescued: &mut mpsc::UnboundedReceiver<rescue::Report>,
+    ) -> Result<i32, String> {
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -164,6 +200,7 @@ impl Supervisor {
                 && self.current.is_none()
                 && self.starting.is_none()
                 && self.draining.is_empty()
+                && self.settling.is_empty()
             {
                 for client in self.stop_clients.drain(..) {
                     let _ = client
@@ -189,6 +226,7 @@ impl Supervisor {
                 _ = int.recv() => Event::Stop { fast: true },
                 _ = chld.recv() => Event::ChildExited,
                 verdict = ready_verdict(&mut self.starting) => Event::Ready(verdict),
+                Some(report) = rescued.recv() => Event::Rescued(report),
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
             self.handle(event).await;
@@ -218,6 +256,7 @@ impl Supervisor {
                 self.fail_starting(format!("could not be checked for readiness: {why}"), false)
                     .await
             }
+            Event::Rescued(report) => self.rescued(report).await,
             Event::Tick => self.tick().await,
         }
     }
@@ -274,12 +313,17 @@ impl Supervisor {
                         status.to_string()
                     };
                     tracing::info!(pid, %how, "old child gone");
-                    done(
-                        &draining.client,
-                        true,
-                        format!("old pid {pid} {how} after draining {took:.2}s"),
-                    )
-                    .await;
+                    let settling = Settling {
+                        pid,
+                        how,
+                        took,
+                        client: draining.client,
+                    };
+                    match draining.rescue {
+                        Rescue::Watching => self.settling.push(settling),
+                        Rescue::Done(counts) => settle(settling, Some(counts)).await,
+                        Rescue::NotTaken => settle(settling, None).await,
+                    }
                 }
                 _ => still.push(draining),
             }
@@ -324,6 +368,30 @@ impl Supervisor {
                 tracing::error!(%error, "restart failed");
                 self.schedule_respawn();
             }
+        }
+    }
+
+    /// A rescue has accounted for every connection of old child `pid`.
+    async fn rescued(&mut self, report: rescue::Report) {
+        let counts = report.counts;
+        if let Some(record) = self
+            .upgrades
+            .iter_mut()
+            .rev()
+            .find(|r| r.old_pid == Some(report.pid))
+        {
+            record.connections = Some(counts);
+        }
+        if let Some(draining) = self
+            .draining
+            .iter_mut()
+            .find(|d| d.generation.pid() == report.pid)
+        {
+            draining.rescue = Rescue::Done(counts);
+            return;
+        }
+        if let Some(at) = self.settling.iter().position(|s| s.pid == report.pid) {
+            settle(self.settling.remove(at), Some(counts)).await;
         }
     }
 
@@ -438,6 +506,24 @@ impl Supervisor {
     }
 }
 
+/// Tells an upgrade's client that its old child is gone (and what became of its
+/// connections).
+async fn settle(settling: Settling, counts: Option<rescue::Counts>) {
+    let Settling {
+        pid,
+        how,
+        took,
+        client,
+    } = settling;
+    let connections = counts.map_or_else(String::new, |c| format!("; its connections: {c}"));
+    done(
+        &client,
+        true,
+        format!("old pid {pid} {how} after draining {took:.2}s{connections}"),
+    )
+    .await;
+}
+
 async fn ready_verdict(starting: &mut Option<Starting>) -> Result<(), String> {
     match starting {
         Some(starting) => match (&mut starting.ready).await {
@@ -459,6 +545,8 @@ fn push(records: &mut VecDeque<Record>, ok: bool, message: String) {
         at_unix_s,
         ok,
         message,
+        old_pid: None,
+        connections: None,
     });
 }
 

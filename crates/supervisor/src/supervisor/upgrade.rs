@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use handover::notify::NotifyState;
 
-use super::{done, say, Client, Draining, Purpose, Starting, Supervisor};
+use super::{done, say, Client, Draining, Purpose, Rescue, Starting, Supervisor};
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
 use crate::config::ReadyMode;
 use crate::generation::Generation;
 use crate::readiness;
+use crate::rescue;
 
 impl Supervisor {
     /// Starts a child for `purpose` and the task that waits for its readiness.
@@ -152,6 +153,9 @@ impl Supervisor {
                                 took.as_secs_f64()
                             ),
                         );
+                        if let Some(record) = self.upgrades.back_mut() {
+                            record.old_pid = Some(old_pid);
+                        }
                         self.draining.push(Draining::new(
                             old,
                             self.config.drain_timeout,
@@ -214,7 +218,11 @@ impl Supervisor {
     /// for that is up.
     pub(super) async fn stop_handed_over(&mut self) {
         let now = Instant::now();
-        for draining in self.draining.iter_mut().filter(|d| !d.stop_sent) {
+        for at in 0..self.draining.len() {
+            let draining = &self.draining[at];
+            if draining.stop_sent {
+                continue;
+            }
             let pid = draining.generation.pid();
             let queued = self.listeners.queued(draining.generation.epoch);
             if queued > 0 {
@@ -227,11 +235,55 @@ impl Supervisor {
                     "old child has not accepted every connection queued for it; stopping it anyway"
                 );
             }
+            let rescue = if self.stopping {
+                Rescue::NotTaken // no successor to serve them
+            } else {
+                self.take_connections(pid, draining.deadline)
+            };
+            let draining = &mut self.draining[at];
+            draining.rescue = rescue;
             draining.stop_sent = true;
             if let Err(error) = draining.generation.child.signal(self.config.stop_signal) {
                 tracing::warn!(%error, pid, "cannot signal the old child");
             }
             say(&draining.client, format!("old pid {pid} draining")).await;
+        }
+    }
+
+    /// Takes the old child's client connections for the keep-alive rescue, just
+    /// before it is told to stop, and starts watching them.
+    fn take_connections(&mut self, pid: u32, deadline: Instant) -> Rescue {
+        let Some(settings) = self.config.rescue else {
+            return Rescue::NotTaken;
+        };
+        let targets = self.listeners.rescue_targets();
+        let started = Instant::now();
+        match rescue::capture(pid, &targets, settings) {
+            Ok(None) => Rescue::Done(rescue::Counts::default()),
+            Ok(Some(captured)) => {
+                tracing::info!(
+                    pid,
+                    held = captured.held.len(),
+                    took = ?started.elapsed(),
+                    "holding the old child's connections for rescue"
+                );
+                let reports = self.rescue_reports.clone();
+                tokio::spawn(rescue::watch(
+                    pid, captured, targets, settings, deadline, reports,
+                ));
+                Rescue::Watching
+            }
+            Err(why) => {
+                if self.rescue_refused.as_ref() != Some(&why) {
+                    tracing::warn!(
+                        pid,
+                        %why,
+                        "no keep-alive rescue: the old child's idle connections close as it decides"
+                    );
+                    self.rescue_refused = Some(why);
+                }
+                Rescue::NotTaken
+            }
         }
     }
 

@@ -1,0 +1,196 @@
+//! Taking the supervisor's own duplicates of the old child's client
+//! connections, and watching which of them the child still holds.
+//!
+//! `pidfd_open` + `pidfd_getfd` (Linux ≥ 5.6) give a parent of the same uid a
+//! copy of any descriptor of its child, as `ptrace` would: it fails with `EPERM`
+//! for a child of another uid, a non-dumpable one, or under Yama
+//! `ptrace_scope` ≥ 2 (without `CAP_SYS_PTRACE`). The child and its descendants
+//! are searched, because pre-forking servers (gunicorn, puma) hold their
+//! connections in workers. A descriptor is kept only if it is a connected TCP
+//! socket whose local address is one of the supervisor's listeners; everything
+//! else is closed again at once (closing a duplicate never affects the child's
+//! own descriptor).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use handover::sockets::tcp_info::connection_info;
+use rustix::io::Errno;
+use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+
+use super::verdict::Track;
+use crate::config::Protocol;
+
+/// A listener whose connections may be rescued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The `--listen` name.
+    pub name: String,
+    /// Where it is bound.
+    pub bound: SocketAddr,
+    /// Where a relay connects to reach the current child.
+    pub connect: SocketAddr,
+    /// How its connections are relayed.
+    pub protocol: Protocol,
+}
+
+impl Target {
+    fn accepted(&self, local: SocketAddr) -> bool {
+        local.port() == self.bound.port()
+            && (self.bound.ip().is_unspecified() || self.bound.ip() == local.ip())
+    }
+}
+
+/// One connection the supervisor holds a duplicate of.
+pub struct Held {
+    pub fd: OwnedFd,
+    pub inode: u64,
+    /// Index into the targets.
+    pub target: usize,
+    pub track: Track,
+}
+
+/// A process of the old child's tree that held at least one of them.
+pub struct Process {
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+/// What a capture took.
+pub struct Captured {
+    pub held: Vec<Held>,
+    pub processes: Vec<Process>,
+    /// Connections left alone because `limit` was reached.
+    pub over_limit: usize,
+}
+
+/// Takes a duplicate of every client connection on `targets` held by `pids`
+/// (the old child and its descendants), at most `limit`. The error says why
+/// nothing can be taken from this child at all.
+pub fn capture(pids: &[u32], targets: &[Target], limit: usize) -> Result<Captured, String> {
+    let mut captured = Captured {
+        held: Vec::new(),
+        processes: Vec::new(),
+        over_limit: 0,
+    };
+    let mut seen = HashSet::new();
+    for &pid in pids {
+        let Some(raw) = Pid::from_raw(pid as i32) else {
+            continue;
+        };
+        let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::SRCH) => continue, // gone meanwhile
+            Err(Errno::NOSYS) => return Err("pidfd_open is not available (Linux < 5.3)".into()),
+            Err(error) => return Err(format!("pidfd_open({pid}): {error}")),
+        };
+        let before = captured.held.len();
+        for (number, inode) in socket_fds(pid).unwrap_or_default() {
+            if !seen.insert(inode) {
+                continue;
+            }
+            let fd = match pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::BADF) => continue, // closed meanwhile
+                Err(Errno::SRCH) => break,
+                Err(Errno::NOSYS) => {
+                    return Err("pidfd_getfd is not available (Linux < 5.6)".into())
+                }
+                Err(Errno::PERM) => {
+                    return Err(format!(
+                        "pidfd_getfd on pid {pid} is not permitted (EPERM): the child runs as \
+                         another user, is not dumpable, or Yama ptrace_scope forbids it"
+                    ))
+                }
+                Err(error) => return Err(format!("pidfd_getfd on pid {pid}: {error}")),
+            };
+            let Some(target) = client_of(&fd, targets) else {
+                continue; // not one of ours: the duplicate closes here
+            };
+            if captured.held.len() >= limit {
+                captured.over_limit += 1;
+                continue;
+            }
+            let Ok(info) = connection_info(fd.as_fd()) else {
+                continue;
+            };
+            captured.held.push(Held {
+                fd,
+                inode,
+                target,
+                track: Track::start(&info),
+            });
+        }
+        if captured.held.len() > before {
+            captured.processes.push(Process { pid, pidfd });
+        }
+    }
+    Ok(captured)
+}
+
+/// The target whose connection `fd` is: a connected TCP stream, not a listener,
+/// whose local address is a target's.
+fn client_of(fd: &OwnedFd, targets: &[Target]) -> Option<usize> {
+    let socket = socket2::SockRef::from(fd);
+    if socket.r#type().ok()? != socket2::Type::STREAM || socket.is_listener().ok()? {
+        return None;
+    }
+    socket.peer_addr().ok()?.as_socket()?;
+    let local = socket.local_addr().ok()?.as_socket()?;
+    targets.iter().position(|t| t.accepted(local))
+}
+
+/// `(fd number, socket inode)` for each socket `pid` has open.
+fn socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u64)>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(number) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(inode) = socket_inode(&entry.path()) {
+            fds.push((number, inode));
+        }
+    }
+    Ok(fds)
+}
+
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    let target = target.to_str()?;
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+impl Process {
+    /// Whether it has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+    }
+}
+
+/// The socket inodes that `processes` still hold; `None` if a live one's fds
+/// cannot be read (then nothing may be taken as let go). Exited processes are
+/// dropped from the list: they hold nothing.
+pub fn still_held(processes: &mut Vec<Process>) -> Option<HashSet<u64>> {
+    processes.retain(|p| !p.exited());
+    let mut held = HashSet::new();
+    for process in processes.iter() {
+        match socket_fds(process.pid) {
+            Ok(fds) => held.extend(fds.into_iter().map(|(_, inode)| inode)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    Some(held)
+}

@@ -1,0 +1,249 @@
+//! Keep-alive rescue: the client connections an old child drops at shutdown
+//! are served to the end instead of failing.
+//!
+//! Most servers, told to stop, close their idle keep-alive connections. A
+//! client that is sending its next request on such a connection at that moment
+//! gets EOF or a reset, and a client that does not retry (a load balancer, most
+//! API clients, any non-idempotent request) reports a failure. The supervisor
+//! is the parent of the old child, so it can prevent that:
+//!
+//! 1. **Capture** ([`capture`]): just before the stop signal, the supervisor
+//!    takes its own duplicate of every client connection the old child and its
+//!    descendants hold on the supervisor's TCP listeners (`pidfd_getfd`). A
+//!    socket ends only when its last descriptor closes, so when the child then
+//!    closes an idle connection, nothing reaches the client: no FIN, no reset.
+//! 2. **Watch** (this module): every few milliseconds the supervisor looks
+//!    which of them the child's processes still hold (`/proc/PID/fd`) and at
+//!    each connection's kernel counters. It never reads a connection the child
+//!    still holds.
+//! 3. **Verdict** ([`verdict`]) when the child lets go of one: released (the
+//!    child finished it), rescued, or lost (the child read part of a request and
+//!    left; nobody can answer it).
+//! 4. **Relay** ([`relay`]): a rescued connection's next request goes to the
+//!    new child over a fresh connection through the listener, which steering
+//!    sends to the new child, and the response comes back on the client's own
+//!    connection with `Connection: close` — so the client's next connection
+//!    goes to the new child directly and the supervisor leaves the data path.
+//!    Raw TCP listeners (`tcp://`) are relayed byte for byte.
+//!
+//! ```text
+//!  captured ──child still holds it──▶ watched ──child lets go──▶ Release ─▶ closed (the child's FIN, or the client's)
+//!                                        │                     ├─▶ Rescue ─▶ relayed ─▶ Connection: close ─▶ closed
+//!                                        │                     │               └─ nothing within the idle timeout ─▶ closed
+//!                                        │                     └─▶ Lost ────▶ closed, counted
+//!                                        └─ child sent its FIN ─▶ Release (while it still holds it)
+//! ```
+//!
+//! Ownership: the duplicates belong to one [`watch`] task per upgrade; a
+//! relay task owns each rescued connection; the event loop only receives the
+//! final [`Counts`]. The supervisor closes its duplicates with `close()` and
+//! never calls `shutdown()` on a connection a child still holds (that would act
+//! on the shared socket). Bounded: at most [`Settings::max`] connections per
+//! upgrade (and what the fd limit allows), every wait under the drain
+//! deadline. Where the kernel or permissions forbid `pidfd_getfd`, the capture
+//! fails with the reason and the upgrade goes on as without rescue.
+
+mod capture;
+mod http1;
+mod relay;
+mod verdict;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub use capture::Target;
+use capture::{Captured, Held};
+use relay::{Limits, Outcome};
+use verdict::Verdict;
+
+use crate::config::Protocol;
+
+/// `--rescue-max`, `--rescue-idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// At most this many connections held per upgrade.
+    pub max: usize,
+    /// How long a rescued connection may stay silent before it is closed.
+    pub idle: Duration,
+}
+
+/// What became of the connections of one old child.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Finished by the child or the client (or silent until the idle timeout)
+    /// and closed cleanly.
+    pub released: u64,
+    /// Served by the new child through the supervisor after the old one let go.
+    pub rescued: u64,
+    /// Dropped by the old child in the middle of a request, or broken in the
+    /// relay before an answer.
+    pub lost: u64,
+    /// Left alone because the limit was reached (they end as without rescue).
+    pub not_held: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} released, {} rescued, {} lost mid-request",
+            self.released, self.rescued, self.lost
+        )?;
+        if self.not_held > 0 {
+            write!(f, ", {} not held (over --rescue-max)", self.not_held)?;
+        }
+        Ok(())
+    }
+}
+
+/// The end of one old child's rescue, for the event loop.
+#[derive(Debug)]
+pub struct Report {
+    /// The old child's pid.
+    pub pid: u32,
+    pub counts: Counts,
+}
+
+/// How often the child's hold is looked at, at least.
+const LOOK_EVERY: Duration = Duration::from_millis(2);
+
+/// Takes the old child's client connections: `Ok(None)` if it has none.
+pub fn capture(
+    pid: u32,
+    targets: &[Target],
+    settings: Settings,
+) -> Result<Option<Captured>, String> {
+    let pids: Vec<u32> = crate::ownership::descendants(pid).into_iter().collect();
+    let captured = capture::capture(&pids, targets, settings.max.min(fd_room()))?;
+    Ok((!captured.held.is_empty() || captured.over_limit > 0).then_some(captured))
+}
+
+/// Descriptors this process can still open for relays (two per connection:
+/// the client's and the new child's), keeping a margin for everything else.
+fn fd_room() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024) as usize;
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    limit.saturating_sub(open + 64) / 2
+}
+
+/// Watches `captured` until the old child has let go of every connection, then
+/// waits for the relays and reports. `deadline` is the old child's drain deadline.
+pub async fn watch(
+    pid: u32,
+    captured: Captured,
+    targets: Vec<Target>,
+    settings: Settings,
+    deadline: Instant,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut counts = Counts {
+        not_held: captured.over_limit as u64,
+        ..Counts::default()
+    };
+    let Captured {
+        held: mut pending,
+        mut processes,
+        ..
+    } = captured;
+    let mut relays = JoinSet::new();
+    while !pending.is_empty() {
+        let look = tokio::task::spawn_blocking(move || {
+            let let_go = look(&mut pending, &mut processes);
+            (pending, processes, let_go)
+        })
+        .await;
+        let Ok((rest, procs, let_go)) = look else {
+            tracing::error!(pid, "the rescue watcher failed; its connections are closed");
+            break;
+        };
+        (pending, processes) = (rest, procs);
+        for (held, verdict) in let_go {
+            match verdict {
+                Verdict::Release => counts.released += 1,
+                Verdict::Lost => counts.lost += 1,
+                Verdict::Rescue => {
+                    let target = &targets[held.target];
+                    let limits = Limits {
+                        idle_until: Instant::now() + settings.idle,
+                        deadline,
+                    };
+                    match into_stream(held) {
+                        Ok(client) => {
+                            relays.spawn(relay_one(client, target.clone(), limits));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot relay a rescued connection");
+                            counts.lost += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+    while let Some(outcome) = relays.join_next().await {
+        match outcome {
+            Ok(Outcome::Released) => counts.released += 1,
+            Ok(Outcome::Rescued) => counts.rescued += 1,
+            Ok(Outcome::Lost) | Err(_) => counts.lost += 1,
+        }
+    }
+    tracing::info!(pid, %counts, "old child's connections");
+    let _ = reports.send(Report { pid, counts });
+}
+
+/// One look: the connections no process of the child holds any more, with
+/// their verdicts; the others stay in `pending`.
+fn look(pending: &mut Vec<Held>, processes: &mut Vec<capture::Process>) -> Vec<(Held, Verdict)> {
+    // Who holds what first, counters second: a connection seen let go is then
+    // looked at after everything the child did with it.
+    let Some(held) = capture::still_held(processes) else {
+        return Vec::new();
+    };
+    let mut let_go = Vec::new();
+    let mut kept = Vec::with_capacity(pending.len());
+    for mut connection in pending.drain(..) {
+        let info =
+            handover::sockets::tcp_info::connection_info(std::os::fd::AsFd::as_fd(&connection.fd));
+        let Ok(info) = info else {
+            let_go.push((connection, Verdict::Release)); // not a live socket any more
+            continue;
+        };
+        if !held.contains(&connection.inode) {
+            let verdict = connection.track.verdict(&info);
+            let_go.push((connection, verdict));
+        } else if info.state.sent_fin() {
+            // The child closed it properly and may close its fd later: ours
+            // goes now (close, not shutdown: the child's copy is untouched).
+            let_go.push((connection, Verdict::Release));
+        } else {
+            connection.track.observe(&info);
+            kept.push(connection);
+        }
+    }
+    *pending = kept;
+    let_go
+}
+
+fn into_stream(held: Held) -> std::io::Result<TcpStream> {
+    let stream = std::net::TcpStream::from(held.fd);
+    // The child no longer holds this open file description: making it
+    // non-blocking cannot surprise anyone.
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+async fn relay_one(client: TcpStream, target: Target, limits: Limits) -> Outcome {
+    match target.protocol {
+        Protocol::Http => relay::http(client, target.connect, limits).await,
+        Protocol::Raw => relay::tcp(client, target.connect, limits).await,
+    }
+}

@@ -1,0 +1,377 @@
+//! Serving a rescued client: what it sends next goes to the new child over a
+//! fresh connection, and the answer comes back on the client's own connection.
+//!
+//! HTTP/1.1 ([`http`]): request by request. Each request is relayed whole (a
+//! request the client had partly sent when the child let go is completed
+//! first); the response head is rewritten to say `Connection: close` when no
+//! further request is waiting, so the client opens its next connection to the
+//! new child and the supervisor leaves the data path. Requests the client had
+//! already pipelined are answered in order first. After the last response the
+//! supervisor sends its FIN and reads what is left until the client closes
+//! (a "lingering close": closing with unread bytes would reset the connection
+//! and could destroy the response in flight). An interim `100 Continue` is
+//! passed on; a `101 Switching Protocols` turns the relay into [`tcp`]'s.
+//!
+//! Raw TCP ([`tcp`]): byte for byte both ways until either side closes.
+//!
+//! Every wait is bounded: the first byte by the idle timeout, everything else
+//! by the drain deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+
+use super::http1::{self, Body, Chunked};
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client sent nothing more (it closed, or the idle timeout passed):
+    /// closed cleanly.
+    Released,
+    /// At least one request was answered (or bytes relayed) after the old child
+    /// let go.
+    Rescued,
+    /// It broke before anything was answered (malformed request, the new child
+    /// unreachable, the deadline).
+    Lost,
+}
+
+/// Longest lingering close after the last response.
+const LINGER: Duration = Duration::from_secs(2);
+const CHUNK: usize = 16 * 1024;
+
+/// The relay's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Until when the client may stay silent before it is closed.
+    pub idle_until: Instant,
+    /// Until when anything may take.
+    pub deadline: Instant,
+}
+
+/// Relays HTTP/1.1 requests from `client` to `upstream`.
+pub async fn http(client: TcpStream, upstream: SocketAddr, limits: Limits) -> Outcome {
+    let mut relay = Http {
+        client,
+        buf: Vec::new(),
+        upstream: None,
+        address: upstream,
+        limits,
+        answered: 0,
+    };
+    match relay.run().await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::debug!(%error, answered = relay.answered, "rescued connection ended");
+            if relay.answered > 0 {
+                Outcome::Rescued
+            } else {
+                Outcome::Lost
+            }
+        }
+    }
+}
+
+struct Http {
+    client: TcpStream,
+    /// Bytes from the client not forwarded yet.
+    buf: Vec<u8>,
+    upstream: Option<Upstream>,
+    address: SocketAddr,
+    limits: Limits,
+    answered: u32,
+}
+
+struct Upstream {
+    stream: TcpStream,
+    /// Bytes from the new child not forwarded yet.
+    buf: Vec<u8>,
+}
+
+fn malformed(error: http1::Malformed) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the drain deadline passed")
+}
+
+/// Reads more from `stream` into `buf` before `until`; `Ok(0)` at its end.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, until: Instant) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + CHUNK, 0);
+    let read = timeout_at(until.into(), stream.read(&mut buf[start..])).await;
+    let n = match read {
+        Ok(Ok(n)) => n,
+        Ok(Err(error)) => {
+            buf.truncate(start);
+            return Err(error);
+        }
+        Err(_) => {
+            buf.truncate(start);
+            return Err(timed_out());
+        }
+    };
+    buf.truncate(start + n);
+    Ok(n)
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8], until: Instant) -> io::Result<()> {
+    timeout_at(until.into(), stream.write_all(bytes))
+        .await
+        .map_err(|_| timed_out())?
+}
+
+impl Http {
+    async fn run(&mut self) -> io::Result<Outcome> {
+        loop {
+            let Some(request) = self.request_head().await? else {
+                return Ok(if self.answered > 0 {
+                    Outcome::Rescued
+                } else {
+                    Outcome::Released
+                });
+            };
+            let deadline = self.limits.deadline;
+            if self.upstream.is_none() {
+                let stream = timeout_at(deadline.into(), TcpStream::connect(self.address))
+                    .await
+                    .map_err(|_| timed_out())??;
+                stream.set_nodelay(true)?;
+                self.upstream = Some(Upstream {
+                    stream,
+                    buf: Vec::new(),
+                });
+            }
+            let head: Vec<u8> = self.buf.drain(..request.head_len).collect();
+            let up = self.upstream.as_mut().expect("connected above");
+            send(&mut up.stream, &head, deadline).await?;
+            if request.expects_continue {
+                // The client waits for "100 Continue" before it sends the body.
+                let response = self.response_head(request.is_head).await?;
+                if !response.is_interim() {
+                    // Answered without the body: the connection cannot go on.
+                    self.respond(response, true).await?;
+                    return self.finish().await;
+                }
+                self.pass_interim(response).await?;
+            }
+            self.request_body(request.body).await?;
+            let response = loop {
+                let response = self.response_head(request.is_head).await?;
+                if !response.is_interim() {
+                    break response;
+                }
+                self.pass_interim(response).await?;
+            };
+            let more = !self.buf.is_empty() || self.client_sent_more()?;
+            let last = !more || response.closes || response.status == 101;
+            if response.status == 101 {
+                return self.switch_protocols(response).await;
+            }
+            self.respond(response, last).await?;
+            if last {
+                return self.finish().await;
+            }
+        }
+    }
+
+    /// The next request head from the client, or `None` if it closed (or
+    /// stayed silent past the idle timeout) before sending one.
+    async fn request_head(&mut self) -> io::Result<Option<http1::Request>> {
+        loop {
+            if let Some(request) = http1::parse_request(&self.buf).map_err(malformed)? {
+                return Ok(Some(request));
+            }
+            let until = if self.buf.is_empty() {
+                self.limits.idle_until.min(self.limits.deadline)
+            } else {
+                self.limits.deadline
+            };
+            match fill(&mut self.client, &mut self.buf, until).await {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(io::Error::other("the client closed mid-request")),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::TimedOut && self.buf.is_empty() => {
+                    return Ok(None)
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whatever the client has sent meanwhile, without waiting.
+    fn client_sent_more(&mut self) -> io::Result<bool> {
+        let mut bytes = [0u8; CHUNK];
+        match self.client.try_read(&mut bytes) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&bytes[..n]);
+                Ok(true)
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn request_body(&mut self, body: Body) -> io::Result<()> {
+        let deadline = self.limits.deadline;
+        let up = self.upstream.as_mut().expect("connected");
+        copy_body(
+            body,
+            &mut self.client,
+            &mut self.buf,
+            &mut up.stream,
+            deadline,
+        )
+        .await
+    }
+
+    async fn response_head(&mut self, to_head: bool) -> io::Result<http1::Response> {
+        let deadline = self.limits.deadline;
+        let up = self.upstream.as_mut().expect("connected");
+        loop {
+            if let Some(response) = http1::parse_response(&up.buf, to_head).map_err(malformed)? {
+                return Ok(response);
+            }
+            if fill(&mut up.stream, &mut up.buf, deadline).await? == 0 {
+                return Err(io::Error::other("the new child closed before it answered"));
+            }
+        }
+    }
+
+    async fn pass_interim(&mut self, response: http1::Response) -> io::Result<()> {
+        let up = self.upstream.as_mut().expect("connected");
+        let head: Vec<u8> = up.buf.drain(..response.head_len).collect();
+        send(&mut self.client, &head, self.limits.deadline).await
+    }
+
+    /// Sends the response to the client, its head saying `Connection: close`
+    /// if `last`.
+    async fn respond(&mut self, response: http1::Response, last: bool) -> io::Result<()> {
+        let deadline = self.limits.deadline;
+        let up = self.upstream.as_mut().expect("connected");
+        let head: Vec<u8> = up.buf.drain(..response.head_len).collect();
+        let head = if last {
+            http1::with_connection_close(&head)
+        } else {
+            head
+        };
+        send(&mut self.client, &head, deadline).await?;
+        copy_body(
+            response.body,
+            &mut up.stream,
+            &mut up.buf,
+            &mut self.client,
+            deadline,
+        )
+        .await?;
+        self.answered += 1;
+        if response.closes {
+            self.upstream = None;
+        }
+        Ok(())
+    }
+
+    async fn switch_protocols(&mut self, response: http1::Response) -> io::Result<Outcome> {
+        let mut up = self.upstream.take().expect("connected");
+        let head: Vec<u8> = up.buf.drain(..response.head_len).collect();
+        let deadline = self.limits.deadline;
+        send(&mut self.client, &head, deadline).await?;
+        send(&mut self.client, &up.buf, deadline).await?;
+        send(&mut up.stream, &self.buf, deadline).await?;
+        self.answered += 1;
+        let _ = timeout_at(
+            deadline.into(),
+            tokio::io::copy_bidirectional(&mut self.client, &mut up.stream),
+        )
+        .await;
+        Ok(Outcome::Rescued)
+    }
+
+    /// The FIN after the last response, then what the client still sends is
+    /// read and dropped until it closes.
+    async fn finish(&mut self) -> io::Result<Outcome> {
+        self.upstream = None;
+        let _ = self.client.shutdown().await;
+        let until = (Instant::now() + LINGER).min(self.limits.deadline);
+        let mut sink = vec![0u8; CHUNK];
+        while let Ok(Ok(n)) = timeout_at(until.into(), self.client.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(Outcome::Rescued)
+    }
+}
+
+/// Copies one message body framed as `body` from `from` (bytes already read
+/// first, from `pending`) to `to`; what follows the body stays in `pending`.
+async fn copy_body(
+    body: Body,
+    from: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    to: &mut TcpStream,
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut chunked = Chunked::default();
+    let mut left = match body {
+        Body::Empty => return Ok(()),
+        Body::Length(n) => n,
+        Body::Chunked | Body::UntilClose => u64::MAX,
+    };
+    loop {
+        if !pending.is_empty() {
+            let (take, ended) = match body {
+                Body::Chunked => match chunked.feed(pending).map_err(malformed)? {
+                    Some(end) => (end, true),
+                    None => (pending.len(), false),
+                },
+                Body::Length(_) => {
+                    let take = left.min(pending.len() as u64);
+                    left -= take;
+                    (take as usize, left == 0)
+                }
+                _ => (pending.len(), false),
+            };
+            send(to, &pending[..take], deadline).await?;
+            pending.drain(..take);
+            if ended {
+                return Ok(());
+            }
+        }
+        if fill(from, pending, deadline).await? == 0 {
+            return if body == Body::UntilClose {
+                Ok(())
+            } else {
+                Err(io::Error::other("closed in the middle of a body"))
+            };
+        }
+    }
+}
+
+/// Relays bytes both ways between `client` and a new connection to `upstream`,
+/// opened once the client sends something, until either side closes or the
+/// deadline.
+pub async fn tcp(mut client: TcpStream, upstream: SocketAddr, limits: Limits) -> Outcome {
+    let mut first = [0u8; 1];
+    match timeout_at(limits.deadline.into(), client.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Outcome::Released,
+    }
+    let Ok(Ok(mut up)) = timeout_at(limits.deadline.into(), TcpStream::connect(upstream)).await
+    else {
+        return Outcome::Lost;
+    };
+    let _ = timeout_at(
+        limits.deadline.into(),
+        tokio::io::copy_bidirectional(&mut client, &mut up),
+    )
+    .await;
+    Outcome::Rescued
+}
