@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+pub mod servers;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +21,31 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// How to start a supervisor: [`Launch::new`], then change what differs.
+pub struct Launch<'a> {
+    pub label: &'a str,
+    /// The first `--listen` (default `web=127.0.0.1:0`).
+    pub listen: &'a str,
+    pub options: &'a [&'a str],
+    pub command: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a Path)],
+    /// Run the supervisor as this uid (the test must be root to switch).
+    pub as_user: Option<u32>,
+}
+
+impl<'a> Launch<'a> {
+    pub fn new(label: &'a str, options: &'a [&'a str], command: &'a [&'a str]) -> Launch<'a> {
+        Launch {
+            label,
+            listen: "web=127.0.0.1:0",
+            options,
+            command,
+            env: &[],
+            as_user: None,
+        }
+    }
 }
 
 /// A running `handover run`.
@@ -42,7 +70,10 @@ impl Supervisor {
         command: &[&str],
         env: &[(&str, &Path)],
     ) -> Supervisor {
-        Supervisor::start_full(label, "web=127.0.0.1:0", options, command, env)
+        Supervisor::launch(Launch {
+            env,
+            ..Launch::new(label, options, command)
+        })
     }
 
     /// [`Supervisor::start`] with another `--listen` for the first socket.
@@ -52,27 +83,43 @@ impl Supervisor {
         options: &[&str],
         command: &[&str],
     ) -> Supervisor {
-        Supervisor::start_full(label, listen, options, command, &[])
+        Supervisor::launch(Launch {
+            listen,
+            ..Launch::new(label, options, command)
+        })
     }
 
-    fn start_full(
-        label: &str,
-        listen: &str,
-        options: &[&str],
-        command: &[&str],
-        env: &[(&str, &Path)],
-    ) -> Supervisor {
-        let scratch = Scratch::new(label);
+    /// Starts `handover run` as `launch` says, waiting until its first child is
+    /// current.
+    pub fn launch(launch: Launch<'_>) -> Supervisor {
+        let scratch = Scratch::new(launch.label);
         let pid_file = scratch.path("handover.pid");
         let log = scratch.path("handover.log");
-        let process = Command::new(HANDOVER)
-            .args(["run", "--listen", listen, "--pid-file"])
+        let mut command = match launch.as_user {
+            Some(uid) => {
+                // Another user must be able to write its PID file and socket.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o777))
+                    .unwrap();
+                let mut command = Command::new("python3");
+                command.args([
+                    "-c",
+                    "import os, sys\nuid = int(sys.argv[1])\nos.setgroups([]); os.setgid(uid); os.setuid(uid)\nos.execv(sys.argv[2], sys.argv[2:])",
+                    &uid.to_string(),
+                    HANDOVER,
+                ]);
+                command
+            }
+            None => Command::new(HANDOVER),
+        };
+        let process = command
+            .args(["run", "--listen", launch.listen, "--pid-file"])
             .arg(&pid_file)
-            .args(options)
+            .args(launch.options)
             .arg("--")
-            .args(command)
+            .args(launch.command)
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(scratch.path("stdout")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())

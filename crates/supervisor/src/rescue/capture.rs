@@ -22,6 +22,11 @@ use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags}
 use super::verdict::Track;
 use crate::config::Protocol;
 
+/// Why reading another process's descriptors is refused, in the words a user
+/// can act on.
+const NOT_PERMITTED: &str = "the child runs as another user, is not dumpable \
+    (prctl PR_SET_DUMPABLE 0), or Yama ptrace_scope forbids it";
+
 /// A listener whose connections may be rescued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -85,8 +90,18 @@ pub fn capture(pids: &[u32], targets: &[Target], limit: usize) -> Result<Capture
             Err(Errno::NOSYS) => return Err("pidfd_open is not available (Linux < 5.3)".into()),
             Err(error) => return Err(format!("pidfd_open({pid}): {error}")),
         };
+        let fds = match socket_fds(pid) {
+            Ok(fds) => fds,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "reading /proc/{pid}/fd is not permitted ({error}): {NOT_PERMITTED}"
+                ))
+            }
+            Err(error) => return Err(format!("reading /proc/{pid}/fd: {error}")),
+        };
         let before = captured.held.len();
-        for (number, inode) in socket_fds(pid).unwrap_or_default() {
+        for (number, inode) in fds {
             if !seen.insert(inode) {
                 continue;
             }
@@ -99,8 +114,7 @@ pub fn capture(pids: &[u32], targets: &[Target], limit: usize) -> Result<Capture
                 }
                 Err(Errno::PERM) => {
                     return Err(format!(
-                        "pidfd_getfd on pid {pid} is not permitted (EPERM): the child runs as \
-                         another user, is not dumpable, or Yama ptrace_scope forbids it"
+                        "pidfd_getfd on pid {pid} is not permitted (EPERM): {NOT_PERMITTED}"
                     ))
                 }
                 Err(error) => return Err(format!("pidfd_getfd on pid {pid}: {error}")),

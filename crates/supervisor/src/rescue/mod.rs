@@ -219,6 +219,7 @@ fn look(pending: &mut Vec<Held>, processes: &mut Vec<capture::Process>) -> Vec<(
         };
         if !held.contains(&connection.inode) {
             let verdict = connection.track.verdict(&info);
+            tracing::debug!(?verdict, ?info, track = ?connection.track, "let go");
             let_go.push((connection, verdict));
         } else if info.state.sent_fin() {
             // The child closed it properly and may close its fd later: ours

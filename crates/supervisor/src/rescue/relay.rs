@@ -21,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
@@ -43,7 +43,7 @@ pub enum Outcome {
 
 /// Longest lingering close after the last response.
 const LINGER: Duration = Duration::from_secs(2);
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 8 * 1024;
 
 /// The relay's limits.
 #[derive(Debug, Clone, Copy)]
@@ -102,23 +102,25 @@ fn timed_out() -> io::Error {
 }
 
 /// Reads more from `stream` into `buf` before `until`; `Ok(0)` at its end.
+///
+/// The bytes land in a buffer on the stack first, never held across an await,
+/// so a thousand silent connections cost no buffer each, and `buf` grows only
+/// by what actually arrived.
 async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, until: Instant) -> io::Result<usize> {
-    let start = buf.len();
-    buf.resize(start + CHUNK, 0);
-    let read = timeout_at(until.into(), stream.read(&mut buf[start..])).await;
-    let n = match read {
-        Ok(Ok(n)) => n,
-        Ok(Err(error)) => {
-            buf.truncate(start);
-            return Err(error);
+    loop {
+        timeout_at(until.into(), stream.readable())
+            .await
+            .map_err(|_| timed_out())??;
+        let mut bytes = [0u8; CHUNK];
+        match stream.try_read(&mut bytes) {
+            Ok(n) => {
+                buf.extend_from_slice(&bytes[..n]);
+                return Ok(n);
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
         }
-        Err(_) => {
-            buf.truncate(start);
-            return Err(timed_out());
-        }
-    };
-    buf.truncate(start + n);
-    Ok(n)
+    }
 }
 
 async fn send(stream: &mut TcpStream, bytes: &[u8], until: Instant) -> io::Result<()> {
@@ -300,8 +302,9 @@ impl Http {
         self.upstream = None;
         let _ = self.client.shutdown().await;
         let until = (Instant::now() + LINGER).min(self.limits.deadline);
-        let mut sink = vec![0u8; CHUNK];
-        while let Ok(Ok(n)) = timeout_at(until.into(), self.client.read(&mut sink)).await {
+        let mut sink = Vec::new();
+        while let Ok(n) = fill(&mut self.client, &mut sink, until).await {
+            sink.clear();
             if n == 0 {
                 break;
             }
@@ -356,8 +359,8 @@ async fn copy_body(
 }
 
 /// Relays bytes both ways between `client` and a new connection to `upstream`,
-/// opened once the client sends something, until either side closes or the
-/// deadline.
+/// opened once the client sends something, until either side closes (the other
+/// direction then gets [`LINGER`] to finish) or the deadline.
 pub async fn tcp(mut client: TcpStream, upstream: SocketAddr, limits: Limits) -> Outcome {
     let mut first = [0u8; 1];
     match timeout_at(limits.deadline.into(), client.peek(&mut first)).await {
@@ -368,10 +371,23 @@ pub async fn tcp(mut client: TcpStream, upstream: SocketAddr, limits: Limits) ->
     else {
         return Outcome::Lost;
     };
-    let _ = timeout_at(
-        limits.deadline.into(),
-        tokio::io::copy_bidirectional(&mut client, &mut up),
-    )
-    .await;
+    let (mut client_in, mut client_out) = client.split();
+    let (mut up_in, mut up_out) = up.split();
+    let to_child = async {
+        let _ = tokio::io::copy(&mut client_in, &mut up_out).await;
+        let _ = up_out.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut up_in, &mut client_out).await;
+        let _ = client_out.shutdown().await;
+    };
+    tokio::pin!(to_child, to_client);
+    let deadline = limits.deadline;
+    let linger = || (Instant::now() + LINGER).min(deadline).into();
+    tokio::select! {
+        () = &mut to_child => { let _ = timeout_at(linger(), to_client).await; }
+        () = &mut to_client => { let _ = timeout_at(linger(), to_child).await; }
+        () = tokio::time::sleep_until(deadline.into()) => {}
+    }
     Outcome::Rescued
 }

@@ -131,8 +131,8 @@ struct Supervisor {
     draining: Vec<Draining>,
     settling: Vec<Settling>,
     rescue_reports: mpsc::UnboundedSender<rescue::Report>,
-    /// Why rescue is impossible here, once logged (it is logged once).
-    rescue_refused: Option<String>,
+    /// Whether the reason the rescue cannot be done was logged (it is, once).
+    rescue_refusal_logged: bool,
     next_number: u64,
     upgrades: VecDeque<Record>,
     crashes: VecDeque<Record>,
@@ -167,7 +167,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
         draining: Vec::new(),
         settling: Vec::new(),
         rescue_reports,
-        rescue_refused: None,
+        rescue_refusal_logged: false,
         next_number: 1,
         upgrades: VecDeque::new(),
         crashes: VecDeque::new(),

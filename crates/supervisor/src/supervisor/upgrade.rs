@@ -274,13 +274,15 @@ impl Supervisor {
                 Rescue::Watching
             }
             Err(why) => {
-                if self.rescue_refused.as_ref() != Some(&why) {
+                if std::mem::replace(&mut self.rescue_refusal_logged, true) {
+                    tracing::debug!(pid, %why, "no keep-alive rescue");
+                } else {
                     tracing::warn!(
                         pid,
                         %why,
-                        "no keep-alive rescue: the old child's idle connections close as it decides"
+                        "no keep-alive rescue (logged once): the old child's idle connections \
+                         close as it decides"
                     );
-                    self.rescue_refused = Some(why);
                 }
                 Rescue::NotTaken
             }
