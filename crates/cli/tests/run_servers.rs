@@ -1,8 +1,13 @@
-//! `handover run` with real servers in another language, each upgraded ten times
-//! under load measured by `handover check`: no request may fail.
+//! `handover run` with real servers in other languages, each written the plain
+//! way its documentation shows and upgraded ten times under load measured by
+//! `handover check` in mixed mode (keep-alive clients and clients that open a
+//! connection per request, none of which retries): no request may fail. Most of
+//! these servers close idle keep-alive connections when told to stop; the
+//! keep-alive rescue is what saves those clients, and the last test shows it.
 
 mod run_support;
 
+use run_support::servers::{go_server, node_command, puma_activated_command};
 use run_support::*;
 
 /// One server under load at a time: three at once on two cores would measure
@@ -103,9 +108,8 @@ fn gunicorn_through_listen_fds() {
 
 /// uvicorn is told its fd with `--fd {fd:web}`. At shutdown uvicorn closes every
 /// connection it has accepted but not yet read a request from (h11_impl.py,
-/// `shutdown`), idle keep-alive ones included: those clients see a reset that no
-/// supervisor can prevent. So here: no refused connection, every upgrade
-/// committed, and the losses uvicorn itself causes are printed, not hidden.
+/// `shutdown`), idle keep-alive ones included; the rescue answers their next
+/// request.
 #[test]
 fn uvicorn_through_fd_argument() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,6 +126,68 @@ fn uvicorn_through_fd_argument() {
             "asgi_app:app",
         ],
     );
-    let report = ten_upgrades(&supervisor, "close", true);
-    eprintln!("uvicorn: {} failed", report["failed"]);
+    ten_upgrades(&supervisor, "mixed", true);
+}
+
+/// Go `net/http` with the listener from fd 3 and `http.Server.Shutdown` on
+/// SIGTERM, which closes idle keep-alive connections at once.
+#[test]
+fn go_net_http_with_shutdown() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let build = Scratch::new("go-build");
+    let binary = go_server(&build);
+    let supervisor = Supervisor::start("go", &["--ready", "http:/"], &[binary.to_str().unwrap()]);
+    ten_upgrades(&supervisor, "mixed", true);
+}
+
+/// Node `http` with `server.listen({ fd: 3 })` and `server.close()` on SIGTERM,
+/// which closes the connections idle at that moment.
+#[test]
+fn node_http_with_close() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let command = node_command();
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let supervisor = Supervisor::start("node", &["--ready", "http:/"], &command);
+    ten_upgrades(&supervisor, "mixed", true);
+}
+
+/// puma adopts the socket from LISTEN_FDS (`--bind-to-activated-sockets only`,
+/// its systemd support). With its default of at most 5 threads, 8 keep-alive
+/// clients starve each other even without any upgrade (puma holds a thread per
+/// keep-alive connection), so it gets 16.
+#[test]
+fn puma_through_listen_fds() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut command = puma_activated_command();
+    command.splice(1..1, ["--threads".to_owned(), "16:16".to_owned()]);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let supervisor = Supervisor::start("puma", &["--ready", "http:/"], &command);
+    ten_upgrades(&supervisor, "mixed", true);
+}
+
+/// The rescue really is what saves the Go and Node keep-alive clients: without
+/// it, the same load and upgrades lose requests.
+#[test]
+fn without_rescue_go_and_node_keep_alive_clients_lose_requests() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let build = Scratch::new("go-build");
+    let go = go_server(&build);
+    let node = node_command();
+    let servers: [(&str, Vec<&str>); 2] = [
+        ("go", vec![go.to_str().unwrap()]),
+        ("node", node.iter().map(String::as_str).collect()),
+    ];
+    for (label, command) in servers {
+        let supervisor = Supervisor::start(label, &["--ready", "http:/", "--no-rescue"], &command);
+        let report = ten_upgrades(&supervisor, "keepalive", false);
+        let failed = report["failed"].as_u64().unwrap();
+        eprintln!(
+            "{label} without rescue: {failed} failed: {}",
+            report["failures"]
+        );
+        assert!(
+            failed > 0,
+            "{label}: without the rescue, keep-alive clients should lose requests"
+        );
+    }
 }
