@@ -13,13 +13,14 @@
 //! that crashes is restarted with backoff while the sockets stay open, so clients
 //! wait in the accept queue instead of being refused.
 //!
-//! The supervisor is never in the data path: the children accept on the sockets
-//! themselves.
+//! The children accept on the sockets themselves. The supervisor enters the
+//! data path only to rescue a keep-alive connection an old child dropped at
+//! shutdown, for one request ([`rescue`]).
 //!
 //! Modules: [`config`] (what it is told), [`supervisor`](run) (the event loop),
 //! `listeners` and `steering` (the sockets), `generation` (one child),
-//! `readiness`, [`ownership`] (/proc), [`control`] (the control socket and its
-//! client), [`status`]. Linux only.
+//! `readiness`, [`ownership`] (/proc), [`rescue`] (keep-alive rescue),
+//! [`control`] (the control socket and its client), [`status`]. Linux only.
 
 pub mod config;
 pub mod control;

@@ -55,7 +55,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-pub use capture::Target;
+pub(crate) use capture::Target;
 use capture::{Captured, Held};
 use relay::{Limits, Outcome};
 use verdict::Verdict;
@@ -102,7 +102,7 @@ impl std::fmt::Display for Counts {
 
 /// The end of one old child's rescue, for the event loop.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     /// The old child's pid.
     pub pid: u32,
     pub counts: Counts,
@@ -112,7 +112,7 @@ pub struct Report {
 const LOOK_EVERY: Duration = Duration::from_millis(2);
 
 /// Takes the old child's client connections: `Ok(None)` if it has none.
-pub fn capture(
+pub(crate) fn capture(
     pid: u32,
     targets: &[Target],
     settings: Settings,
@@ -134,7 +134,7 @@ fn fd_room() -> usize {
 
 /// Watches `captured` until the old child has let go of every connection, then
 /// waits for the relays and reports. `deadline` is the old child's drain deadline.
-pub async fn watch(
+pub(crate) async fn watch(
     pid: u32,
     captured: Captured,
     targets: Vec<Target>,
