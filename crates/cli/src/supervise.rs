@@ -41,8 +41,8 @@ pub struct RunArgs {
     /// keep-alive connections then close as the child decides.
     #[arg(long)]
     no_rescue: bool,
-    /// At most this many of an old child's connections held for rescue per
-    /// upgrade (also bounded by the fd limit).
+    /// At most this many old children's connections held for rescue at once
+    /// (also bounded by the fd limit); the others close as without rescue.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     rescue_max: usize,
     /// How long a rescued connection may stay silent before it is closed.

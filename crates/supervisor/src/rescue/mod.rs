@@ -38,9 +38,9 @@
 //! relay task owns each rescued connection; the event loop only receives the
 //! final [`Counts`]. The supervisor closes its duplicates with `close()` and
 //! never calls `shutdown()` on a connection a child still holds (that would act
-//! on the shared socket). Bounded: at most [`Settings::max`] connections per
-//! upgrade (and what the fd limit allows), every wait under the drain
-//! deadline. Where the kernel or permissions forbid `pidfd_getfd`, the capture
+//! on the shared socket). Bounded: at most [`Settings::max`] connections held
+//! at once by all rescues (and what the fd limit allows), every wait under the
+//! drain deadline. Where the kernel or permissions forbid `pidfd_getfd`, the capture
 //! fails with the reason and the upgrade goes on as without rescue.
 
 mod capture;
@@ -48,6 +48,8 @@ mod http1;
 mod relay;
 mod verdict;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -65,7 +67,7 @@ use crate::config::Protocol;
 /// `--rescue-max`, `--rescue-idle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// At most this many connections held per upgrade.
+    /// At most this many connections held at once, by all rescues together.
     pub max: usize,
     /// How long a rescued connection may stay silent before it is closed.
     pub idle: Duration,
@@ -100,6 +102,16 @@ impl std::fmt::Display for Counts {
     }
 }
 
+impl Counts {
+    fn add(&mut self, relayed: Result<Outcome, tokio::task::JoinError>) {
+        match relayed {
+            Ok(Outcome::Released) => self.released += 1,
+            Ok(Outcome::Rescued) => self.rescued += 1,
+            Ok(Outcome::Lost) | Err(_) => self.lost += 1,
+        }
+    }
+}
+
 /// The end of one old child's rescue, for the event loop.
 #[derive(Debug)]
 pub(crate) struct Report {
@@ -108,17 +120,62 @@ pub(crate) struct Report {
     pub counts: Counts,
 }
 
+/// How many connections every rescue holds at once, against
+/// [`Settings::max`]; shared by the event loop (which captures) and the watch
+/// tasks (which let go).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InUse(Arc<AtomicUsize>);
+
+/// A watch task's share of [`InUse`]: given back one by one, the rest when it
+/// is dropped (so a watch that ends early frees its share).
+struct Slots {
+    in_use: InUse,
+    held: usize,
+}
+
+impl InUse {
+    fn claim(&self, held: usize) -> Slots {
+        self.0.fetch_add(held, Ordering::Relaxed);
+        Slots {
+            in_use: self.clone(),
+            held,
+        }
+    }
+
+    fn now(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Slots {
+    fn give_back(&mut self) {
+        if self.held > 0 {
+            self.held -= 1;
+            self.in_use.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.in_use.0.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
 /// How often the child's hold is looked at, at least.
 const LOOK_EVERY: Duration = Duration::from_millis(2);
 
-/// Takes the old child's client connections: `Ok(None)` if it has none.
+/// Takes the old child's client connections, as many as `--rescue-max` minus
+/// those other rescues hold, and the fd limit, allow: `Ok(None)` if it has none.
 pub(crate) fn capture(
     pid: u32,
     targets: &[Target],
     settings: Settings,
+    in_use: &InUse,
 ) -> Result<Option<Captured>, String> {
     let pids: Vec<u32> = crate::ownership::descendants(pid).into_iter().collect();
-    let captured = capture::capture(&pids, targets, settings.max.min(fd_room()))?;
+    let limit = settings.max.saturating_sub(in_use.now()).min(fd_room());
+    let captured = capture::capture(&pids, targets, limit)?;
     Ok((!captured.held.is_empty() || captured.over_limit > 0).then_some(captured))
 }
 
@@ -140,8 +197,10 @@ pub(crate) async fn watch(
     targets: Vec<Target>,
     settings: Settings,
     deadline: Instant,
+    in_use: InUse,
     reports: mpsc::UnboundedSender<Report>,
 ) {
+    let mut slots = in_use.claim(captured.held.len());
     let mut counts = Counts {
         not_held: captured.over_limit as u64,
         ..Counts::default()
@@ -163,10 +222,20 @@ pub(crate) async fn watch(
             break;
         };
         (pending, processes) = (rest, procs);
+        while let Some(outcome) = relays.try_join_next() {
+            counts.add(outcome);
+            slots.give_back();
+        }
         for (held, verdict) in let_go {
             match verdict {
-                Verdict::Release => counts.released += 1,
-                Verdict::Lost => counts.lost += 1,
+                Verdict::Release => {
+                    counts.released += 1;
+                    slots.give_back();
+                }
+                Verdict::Lost => {
+                    counts.lost += 1;
+                    slots.give_back();
+                }
                 Verdict::Rescue => {
                     let target = &targets[held.target];
                     let limits = Limits {
@@ -180,6 +249,7 @@ pub(crate) async fn watch(
                         Err(error) => {
                             tracing::warn!(%error, "cannot relay a rescued connection");
                             counts.lost += 1;
+                            slots.give_back();
                         }
                     }
                 }
@@ -190,11 +260,8 @@ pub(crate) async fn watch(
         }
     }
     while let Some(outcome) = relays.join_next().await {
-        match outcome {
-            Ok(Outcome::Released) => counts.released += 1,
-            Ok(Outcome::Rescued) => counts.rescued += 1,
-            Ok(Outcome::Lost) | Err(_) => counts.lost += 1,
-        }
+        counts.add(outcome);
+        slots.give_back();
     }
     tracing::info!(pid, %counts, "old child's connections");
     let _ = reports.send(Report { pid, counts });

@@ -391,3 +391,142 @@ pub async fn tcp(mut client: TcpStream, upstream: SocketAddr, limits: Limits) ->
     }
     Outcome::Rescued
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: (the test's client, the server side the relay gets).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// A new child that reads `expect` and answers `answer`, once per pair.
+    async fn new_child(script: Vec<(&'static str, &'static str)>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            for (expect, answer) in script {
+                let mut got = vec![0u8; expect.len()];
+                conn.read_exact(&mut got).await.unwrap();
+                assert_eq!(String::from_utf8_lossy(&got), expect);
+                conn.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        address
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            idle_until: Instant::now() + Duration::from_millis(300),
+            deadline: Instant::now() + Duration::from_secs(5),
+        }
+    }
+
+    async fn until_eof(client: &mut TcpStream) -> String {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        String::from_utf8(all).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_answer_says_connection_close_and_ends_with_a_fin() {
+        let child = new_child(vec![(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        )])
+        .await;
+        let (mut client, rescued) = pair().await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let relay = tokio::spawn(http(rescued, child, limits()));
+        let got = until_eof(&mut client).await;
+        assert_eq!(
+            got,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok"
+        );
+        drop(client);
+        assert_eq!(relay.await.unwrap(), Outcome::Rescued);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_pass_whole_both_ways() {
+        let request = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let child = new_child(vec![(
+            request,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )])
+        .await;
+        let (mut client, rescued) = pair().await;
+        let relay = tokio::spawn(http(rescued, child, limits()));
+        // Sent in pieces that split the chunk framing.
+        for piece in request.as_bytes().chunks(7) {
+            client.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = until_eof(&mut client).await;
+        assert!(got.ends_with("\r\n\r\n2\r\nhi\r\n0\r\n\r\n"), "{got:?}");
+        assert!(got.contains("connection: close"), "{got:?}");
+        drop(client);
+        assert_eq!(relay.await.unwrap(), Outcome::Rescued);
+    }
+
+    #[tokio::test]
+    async fn a_100_continue_reaches_the_client_before_it_sends_the_body() {
+        let head = "PUT / HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n";
+        let child = new_child(vec![
+            (head, "HTTP/1.1 100 Continue\r\n\r\n"),
+            ("body", "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ])
+        .await;
+        let (mut client, rescued) = pair().await;
+        let relay = tokio::spawn(http(rescued, child, limits()));
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut interim = vec![0u8; 25];
+        client.read_exact(&mut interim).await.unwrap();
+        assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        client.write_all(b"body").await.unwrap();
+        let got = until_eof(&mut client).await;
+        assert!(got.starts_with("HTTP/1.1 201 Created\r\n"), "{got:?}");
+        drop(client);
+        assert_eq!(relay.await.unwrap(), Outcome::Rescued);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_closed_cleanly_at_the_idle_timeout() {
+        let (mut client, rescued) = pair().await;
+        let nowhere = "127.0.0.1:1".parse().unwrap(); // never contacted
+        let outcome = http(rescued, nowhere, limits()).await;
+        assert_eq!(outcome, Outcome::Released);
+        assert_eq!(until_eof(&mut client).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_new_child_that_closes_mid_answer_loses_the_request() {
+        let child = new_child(vec![(
+            "GET / HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+        )])
+        .await;
+        let (mut client, rescued) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(http(rescued, child, limits()).await, Outcome::Lost);
+        drop(client.read_to_end(&mut Vec::new()).await);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_a_request_lose_the_connection() {
+        let (mut client, rescued) = pair().await;
+        client.write_all(b"st: t\r\n\r\n").await.unwrap();
+        let nowhere = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(http(rescued, nowhere, limits()).await, Outcome::Lost);
+    }
+}

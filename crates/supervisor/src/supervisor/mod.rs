@@ -131,6 +131,7 @@ struct Supervisor {
     draining: Vec<Draining>,
     settling: Vec<Settling>,
     rescue_reports: mpsc::UnboundedSender<rescue::Report>,
+    rescue_in_use: rescue::InUse,
     /// Whether the reason the rescue cannot be done was logged (it is, once).
     rescue_refusal_logged: bool,
     next_number: u64,
@@ -167,6 +168,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
         draining: Vec::new(),
         settling: Vec::new(),
         rescue_reports,
+        rescue_in_use: rescue::InUse::default(),
         rescue_refusal_logged: false,
         next_number: 1,
         upgrades: VecDeque::new(),

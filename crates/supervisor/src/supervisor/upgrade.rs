@@ -258,7 +258,7 @@ impl Supervisor {
         };
         let targets = self.listeners.rescue_targets();
         let started = Instant::now();
-        match rescue::capture(pid, &targets, settings) {
+        match rescue::capture(pid, &targets, settings, &self.rescue_in_use) {
             Ok(None) => Rescue::Done(rescue::Counts::default()),
             Ok(Some(captured)) => {
                 tracing::info!(
@@ -269,7 +269,13 @@ impl Supervisor {
                 );
                 let reports = self.rescue_reports.clone();
                 tokio::spawn(rescue::watch(
-                    pid, captured, targets, settings, deadline, reports,
+                    pid,
+                    captured,
+                    targets,
+                    settings,
+                    deadline,
+                    self.rescue_in_use.clone(),
+                    reports,
                 ));
                 Rescue::Watching
             }
