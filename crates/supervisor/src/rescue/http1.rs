@@ -69,11 +69,8 @@ const MAX_HEADERS: usize = 128;
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Malformed::TooLong),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(error) => return Err(Malformed::Syntax(error.to_string())),
+    let Some(head_len) = head_len(request.parse(buf), buf)? else {
+        return Ok(None);
     };
     let headers = request.headers;
     let body = match framing(headers)? {
@@ -93,11 +90,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Malformed> {
 pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<Response>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Malformed::TooLong),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(error) => return Err(Malformed::Syntax(error.to_string())),
+    let Some(head_len) = head_len(response.parse(buf), buf)? else {
+        return Ok(None);
     };
     let status = response.code.unwrap_or(0);
     let headers = response.headers;
@@ -116,6 +110,17 @@ pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<Response>, Mal
         body,
         closes,
     }))
+}
+
+/// The length of a parsed head, `None` while it is incomplete (and short
+/// enough to wait for).
+fn head_len(parsed: httparse::Result<usize>, buf: &[u8]) -> Result<Option<usize>, Malformed> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(Malformed::TooLong),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(error) => Err(Malformed::Syntax(error.to_string())),
+    }
 }
 
 /// The body framing the headers declare, if they declare one.

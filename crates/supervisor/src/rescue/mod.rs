@@ -12,10 +12,11 @@
 //!    descendants hold on the supervisor's TCP listeners (`pidfd_getfd`). A
 //!    socket ends only when its last descriptor closes, so when the child then
 //!    closes an idle connection, nothing reaches the client: no FIN, no reset.
-//! 2. **Watch** (this module): every few milliseconds the supervisor looks
-//!    which of them the child's processes still hold (`/proc/PID/fd`) and at
-//!    each connection's kernel counters. It never reads a connection the child
-//!    still holds.
+//! 2. **Watch** (this module): every 2 ms while the child is letting go of
+//!    connections (backing off to 32 ms when nothing changes), the supervisor
+//!    looks which of them the child's processes still hold (`/proc/PID/fd`) and
+//!    at each connection's kernel counters. It never reads a connection the
+//!    child still holds.
 //! 3. **Verdict** ([`verdict`]) when the child lets go of one: released (the
 //!    child finished it), rescued, or lost (the child read part of a request and
 //!    left; nobody can answer it).
@@ -162,8 +163,14 @@ impl Drop for Slots {
     }
 }
 
-/// How often the child's hold is looked at, at least.
-const LOOK_EVERY: Duration = Duration::from_millis(2);
+/// How often the child's hold is looked at while it is letting go of
+/// connections (servers close their idle ones right at the stop signal), and
+/// at most how long the looks back off to when nothing changes: a connection
+/// let go later waits at most that long before its request is relayed.
+const LOOK_FAST: Duration = Duration::from_millis(2);
+const LOOK_SLOW: Duration = Duration::from_millis(32);
+/// How long after the last let-go the looks stay fast.
+const STAY_FAST: Duration = Duration::from_millis(250);
 
 /// Takes the old child's client connections, as many as `--rescue-max` minus
 /// those other rescues hold, and the fd limit, allow: `Ok(None)` if it has none.
@@ -211,6 +218,7 @@ pub(crate) async fn watch(
         ..
     } = captured;
     let mut relays = JoinSet::new();
+    let (mut interval, mut changed) = (LOOK_FAST, Instant::now());
     while !pending.is_empty() {
         let look = tokio::task::spawn_blocking(move || {
             let let_go = look(&mut pending, &mut processes);
@@ -222,6 +230,14 @@ pub(crate) async fn watch(
             break;
         };
         (pending, processes) = (rest, procs);
+        if !let_go.is_empty() {
+            changed = Instant::now();
+        }
+        interval = if changed.elapsed() < STAY_FAST {
+            LOOK_FAST
+        } else {
+            (interval * 2).min(LOOK_SLOW)
+        };
         while let Some(outcome) = relays.try_join_next() {
             counts.add(outcome);
             slots.give_back();
@@ -256,7 +272,7 @@ pub(crate) async fn watch(
             }
         }
         if !pending.is_empty() {
-            tokio::time::sleep(LOOK_EVERY).await;
+            tokio::time::sleep(interval).await;
         }
     }
     while let Some(outcome) = relays.join_next().await {
