@@ -30,6 +30,9 @@ pub struct Builder {
     pub(crate) args: Option<Vec<OsString>>,
     pub(crate) env: Vec<(OsString, Option<OsString>)>,
     pub(crate) signals: Vec<(i32, SignalAction)>,
+    pub(crate) takeover: Option<PathBuf>,
+    pub(crate) takeover_allowed: handover_wire::peer::Allowed,
+    pub(crate) state_limit: u64,
 }
 
 impl Default for Builder {
@@ -43,6 +46,9 @@ impl Default for Builder {
             args: None,
             env: Vec::new(),
             signals: signals::default_table(),
+            takeover: None,
+            takeover_allowed: handover_wire::peer::Allowed::default(),
+            state_limit: handover_wire::state::DEFAULT_LIMIT,
         }
     }
 }
@@ -116,6 +122,32 @@ impl Builder {
     /// [`Handover::stop`] itself.
     pub fn no_signals(mut self) -> Self {
         self.signals.clear();
+        self
+    }
+
+    /// Listen for takeovers on the Unix socket at `path` (mode 0600, in a
+    /// directory created 0700 if missing). A process built with the same path
+    /// that finds a live socket there takes over from the process listening on
+    /// it — its sockets, its state, and the takeover socket itself — instead
+    /// of binding anew; starting the new version is the same command as
+    /// starting the first one. See [`crate::takeover`].
+    pub fn takeover(mut self, path: impl Into<PathBuf>) -> Self {
+        self.takeover = Some(path.into());
+        self
+    }
+
+    /// Also accept takeovers (and be taken over by) processes of these uids
+    /// and gids; by default only the same uid and root.
+    pub fn takeover_allow(mut self, uids: &[u32], gids: &[u32]) -> Self {
+        self.takeover_allowed.uids.extend_from_slice(uids);
+        self.takeover_allowed.gids.extend_from_slice(gids);
+        self
+    }
+
+    /// The largest state this process accepts from its predecessor. Default
+    /// 64 MiB.
+    pub fn state_limit(mut self, bytes: u64) -> Self {
+        self.state_limit = bytes;
         self
     }
 

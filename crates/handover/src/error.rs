@@ -75,6 +75,18 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// Taking over from the process at a takeover socket failed; that process
+    /// keeps serving.
+    #[error("takeover through {path}: {why}")]
+    Takeover {
+        /// The takeover socket.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// The state handed over by the previous version is corrupt or too large.
+    #[error("the state handed over is unusable: {0}")]
+    State(String),
     /// Another I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -11,13 +11,17 @@ use sd_notify::NotifyState;
 
 use crate::child::Program;
 use crate::notify::{self, Upstream};
-use crate::protocol::env::{read_inheritance, Origin};
+use crate::protocol::env::{read_inheritance, InheritedFd, Origin};
+use crate::protocol::{HANDOVER_STATE, STATE_FD_NAME, TAKEOVER_FD_NAME};
 use crate::sockets::{Address, Registry, SocketKind, Source};
 use crate::upgrade::Phase;
 use crate::{
     pidfile, signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error,
     Result,
 };
+use crate::{state, takeover};
+use handover_wire::channel::{Channel, Listener};
+use std::os::fd::OwnedFd;
 
 /// The zero-downtime handle of one process. Cheap to clone; all clones are the
 /// same handle. See the [crate docs](crate) for the life cycle.
@@ -36,6 +40,16 @@ pub(crate) struct Inner {
     pub(crate) upstream: Upstream,
     pub(crate) origin: Origin,
     pub(crate) generation: u64,
+    /// After a takeover, until `ready()`: the connection to the old process.
+    takeover_link: Mutex<Option<(Channel, u32)>>,
+    /// A takeover socket inherited or received, until `ready()` serves it.
+    takeover_inherited: Mutex<Option<OwnedFd>>,
+    /// The takeover socket this process serves (handed to a successor too).
+    takeover_serving: Mutex<Option<Arc<Listener>>>,
+    /// What the previous version handed over.
+    inherited_state: Option<Vec<u8>>,
+    /// What this version hands over.
+    state_provider: Mutex<Option<state::Provider>>,
 }
 
 impl Inner {
@@ -46,6 +60,21 @@ impl Inner {
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The takeover socket this process serves, if any.
+    pub(crate) fn takeover_socket(&self) -> Option<Arc<Listener>> {
+        lock(&self.takeover_serving).clone()
+    }
+
+    /// The state to hand over now (empty if the application registers none).
+    pub(crate) fn state_to_hand_over(&self) -> Vec<u8> {
+        let provider = lock(&self.state_provider).clone();
+        provider.map(|provide| provide()).unwrap_or_default()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Handover {
@@ -60,15 +89,47 @@ impl Handover {
     }
 
     pub(crate) fn from_builder(config: Builder) -> Result<Self> {
-        let inheritance = read_inheritance(
+        let mut inheritance = read_inheritance(
             std::env::var_os,
             std::process::id(),
             rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32),
         )?;
-        let source = match inheritance.origin {
+        let mut source = match inheritance.origin {
             Origin::Successor { .. } => Source::Parent,
             Origin::Fresh => Source::ServiceManager,
         };
+        // The library's own fds among the inherited ones: the takeover socket
+        // and the state.
+        let mut takeover_inherited = take_named(&mut inheritance.sockets, TAKEOVER_FD_NAME);
+        let mut inherited_state = match take_named(&mut inheritance.sockets, STATE_FD_NAME) {
+            Some(fd) => {
+                let description = std::env::var(HANDOVER_STATE).ok();
+                Some(state::read_inherited(
+                    fd,
+                    description.as_deref(),
+                    config.state_limit,
+                )?)
+            }
+            None => None,
+        };
+        let mut takeover_link = None;
+        let mut generation = inheritance.generation;
+        let mut sockets = inheritance.sockets;
+        // Started on its own with a takeover path: take over if someone serves it.
+        if let (Some(path), Origin::Fresh, true) =
+            (&config.takeover, &inheritance.origin, sockets.is_empty())
+        {
+            if let Some(taken) =
+                takeover::attempt(path, &config.takeover_allowed, config.state_limit)?
+            {
+                sockets = taken.sockets;
+                takeover_inherited = taken.listener;
+                inherited_state = taken.state;
+                generation = taken.generation;
+                takeover_link = Some((taken.channel, taken.old_pid));
+                source = Source::Parent;
+            }
+        }
         // The hand-off variables are dropped by Program::new; then the overrides.
         let mut program = Program::new(match &config.program {
             Some(path) => path.clone(),
@@ -82,13 +143,18 @@ impl Handover {
         apply_env_overrides(&mut program.env, &config.env);
         let handover = Handover {
             inner: Arc::new(Inner {
-                registry: Mutex::new(Registry::new(inheritance.sockets, source, config.backlog)),
+                registry: Mutex::new(Registry::new(sockets, source, config.backlog)),
                 phase: Mutex::new(Phase::Starting),
                 drain: DrainSignal::new(),
                 tracker: ConnectionTracker::new(),
                 upstream: Upstream(inheritance.upstream_notify),
                 origin: inheritance.origin,
-                generation: inheritance.generation,
+                generation,
+                takeover_link: Mutex::new(takeover_link),
+                takeover_inherited: Mutex::new(takeover_inherited),
+                takeover_serving: Mutex::new(None),
+                inherited_state,
+                state_provider: Mutex::new(None),
                 program,
                 config,
             }),
@@ -96,6 +162,32 @@ impl Handover {
         signals::install(&handover.inner.config.signals, handover.clone())
             .map_err(|e| Error::io("installing signal handlers", e))?;
         Ok(handover)
+    }
+
+    /// Registers what this process hands to its successor (re-exec or
+    /// takeover): `provide` is called at each hand-over, and its bytes are what
+    /// the successor finds in [`Handover::inherited_state`]. See
+    /// [`crate::state`](mod@crate::state) for how they travel.
+    ///
+    /// ```no_run
+    /// let handover = handover::Handover::new()?;
+    /// let history = handover.inherited_state().unwrap_or_default().to_vec();
+    /// handover.set_state(move || history.clone());
+    /// # Ok::<(), handover::Error>(())
+    /// ```
+    pub fn set_state(&self, provide: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
+        *lock(&self.inner.state_provider) = Some(Arc::new(provide));
+    }
+
+    /// What the previous version handed over, if it registered any state.
+    pub fn inherited_state(&self) -> Option<&[u8]> {
+        self.inner.inherited_state.as_deref()
+    }
+
+    /// Whether this process took over from one that served the takeover socket
+    /// (rather than being started by a handover parent, or fresh).
+    pub fn took_over(&self) -> bool {
+        lock(&self.inner.takeover_link).is_some()
     }
 
     /// The TCP listener named `name`: the inherited one if this process was handed
@@ -154,8 +246,22 @@ impl Handover {
             *phase = Phase::Serving;
         }
         self.inner.registry().seal();
-        match &self.inner.origin {
-            Origin::Successor { notify, parent } => {
+        let link = lock(&self.inner.takeover_link).take();
+        match (&self.inner.origin, link) {
+            (_, Some((channel, old_pid))) => {
+                let path = self.inner.config.takeover.clone().unwrap_or_default();
+                takeover::finish(&channel, old_pid, &path)?;
+                if let Some(path) = &self.inner.config.pid_file {
+                    pidfile::write(path, std::process::id()).map_err(|e| {
+                        Error::io(format!("writing PID file {}", path.display()), e)
+                    })?;
+                }
+                self.inner
+                    .upstream
+                    .notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
+                tracing::info!(generation = self.generation(), "ready; took over");
+            }
+            (Origin::Successor { notify, parent }, None) => {
                 tracing::info!(
                     parent,
                     generation = self.generation(),
@@ -164,9 +270,9 @@ impl Handover {
                 notify::send(notify, &[NotifyState::Ready]).map_err(|source| Error::Notify {
                     target: format!("parent pid {parent} at {}", Path::new(notify).display()),
                     source,
-                })
+                })?;
             }
-            Origin::Fresh => {
+            (Origin::Fresh, None) => {
                 if let Some(path) = &self.inner.config.pid_file {
                     pidfile::write(path, std::process::id()).map_err(|e| {
                         Error::io(format!("writing PID file {}", path.display()), e)
@@ -174,9 +280,28 @@ impl Handover {
                 }
                 self.inner.upstream.notify(&[NotifyState::Ready]);
                 tracing::info!("ready");
-                Ok(())
             }
         }
+        self.serve_takeovers()
+    }
+
+    /// Serves the takeover socket: the one inherited or received, else a new
+    /// one at the configured path.
+    fn serve_takeovers(&self) -> Result<()> {
+        let Some(path) = self.inner.config.takeover.clone() else {
+            return Ok(());
+        };
+        let listener = match lock(&self.inner.takeover_inherited).take() {
+            Some(fd) => Listener::from_socket(fd).map_err(|e| Error::Takeover {
+                path: path.clone(),
+                why: format!("the takeover socket handed over is unusable: {e}"),
+            })?,
+            None => takeover::bind(&path)?,
+        };
+        let listener = Arc::new(listener);
+        *lock(&self.inner.takeover_serving) = Some(Arc::clone(&listener));
+        takeover::serve(self, listener, path);
+        Ok(())
     }
 
     /// Starts a graceful stop: stop accepting, drain within the drain timeout.
@@ -267,6 +392,12 @@ fn resolve(name: &str, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
                 "address resolves to nothing",
             ))
         })
+}
+
+/// Takes the inherited fd named `name` out of `sockets`.
+fn take_named(sockets: &mut Vec<InheritedFd>, name: &str) -> Option<OwnedFd> {
+    let at = sockets.iter().position(|s| s.name == name)?;
+    Some(sockets.remove(at).fd)
 }
 
 /// Sets and removes the variables the builder was given.

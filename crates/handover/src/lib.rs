@@ -55,7 +55,9 @@ pub mod pidfile;
 pub mod protocol;
 pub mod signals;
 pub mod sockets;
+pub mod state;
 mod sys;
+pub mod takeover;
 mod upgrade;
 
 #[cfg(feature = "hyper")]

@@ -19,6 +19,7 @@
 //! the drain order (after which the application may exit at any moment) and drops
 //! its copies of the sockets.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use crate::child::{self, Child, ExitStatus};
 use crate::handover::Inner;
 use crate::notify::NotifyReceiver;
 use crate::protocol::{
-    HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_UPSTREAM_NOTIFY_SOCKET, NOTIFY_SOCKET,
+    HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_STATE, HANDOVER_UPSTREAM_NOTIFY_SOCKET,
+    NOTIFY_SOCKET, STATE_FD_NAME, TAKEOVER_FD_NAME,
 };
 use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
@@ -93,7 +95,7 @@ impl Handover {
     }
 }
 
-fn reloading() -> Vec<NotifyState<'static>> {
+pub(crate) fn reloading() -> Vec<NotifyState<'static>> {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
@@ -115,13 +117,33 @@ fn run(inner: &Inner) -> Result<u32> {
     if let Some(upstream) = &inner.upstream.0 {
         link.push((HANDOVER_UPSTREAM_NOTIFY_SOCKET, upstream.clone()));
     }
+    // The state as it is now, in a sealed memfd passed among the fds.
+    let state = inner.state_to_hand_over();
+    let state_fd = if state.is_empty() {
+        None
+    } else {
+        link.push((HANDOVER_STATE, crate::state::describe(&state).into()));
+        Some(
+            handover_wire::state::sealed(&state)
+                .map_err(|e| Error::io("putting the state in a memfd", e))?,
+        )
+    };
+    let takeover = inner.takeover_socket();
     let successor = {
         let registry = inner.registry();
-        child::spawn(&inner.program, &registry.handoff(), &link).map_err(|source| Error::Spawn {
+        let mut fds = registry.handoff();
+        if let Some(listener) = &takeover {
+            fds.push((TAKEOVER_FD_NAME, listener.socket()));
+        }
+        if let Some(fd) = &state_fd {
+            fds.push((STATE_FD_NAME, fd.as_fd()));
+        }
+        child::spawn(&inner.program, &fds, &link).map_err(|source| Error::Spawn {
             program: inner.program.path.clone(),
             source,
         })?
     };
+    drop(state_fd);
     let pid = successor.pid();
     {
         let mut phase = inner.phase();
@@ -192,14 +214,14 @@ fn wait_ready(
 
 fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
     let pid = successor.pid();
-    let mut phase = inner.phase();
-    // A stop that arrived while we waited wins: the successor is not committed.
+    let phase = inner.phase();
     if let Some(exited) = successor.exited().ok().flatten() {
         return Err(Error::SuccessorFailed {
             pid,
             why: exited.into(),
         });
     }
+    // A stop that arrived while we waited wins: the successor is not committed.
     if inner.drain.is_draining() {
         drop(phase);
         successor.kill_and_reap();
@@ -208,6 +230,19 @@ fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
             why: SuccessorFailure::Aborted,
         });
     }
+    commit_to(inner, phase, pid, took);
+    Ok(pid)
+}
+
+/// Commits a hand-over to `pid` (a re-exec'd successor or a process that took
+/// over), with the phase lock held: PID file and `MAINPID` first, then the
+/// drain order, then this process's copies of the sockets go.
+pub(crate) fn commit_to(
+    inner: &Inner,
+    mut phase: std::sync::MutexGuard<'_, Phase>,
+    pid: u32,
+    took: Duration,
+) {
     // Everything that must outlive this process happens before the drain order:
     // once drained, the application may exit at any moment. systemd in
     // particular must learn the new main pid before the old one exits.
@@ -225,8 +260,7 @@ fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
     });
     drop(phase);
     inner.registry().release();
-    tracing::info!(successor = pid, ready_after = ?took, "upgrade committed; draining");
-    Ok(pid)
+    tracing::info!(successor = pid, ready_after = ?took, "hand-over committed; draining");
 }
 
 fn write_pid_file(path: &Path, pid: u32) {

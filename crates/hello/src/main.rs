@@ -2,16 +2,21 @@
 //!
 //! `GET /` answers 200 with the serving process's pid and generation (also in the
 //! `x-pid` and `x-generation` headers); `GET /slow?ms=N` answers the same after N
-//! milliseconds. `kill -HUP $(cat hello.pid)` upgrades it with no failed request;
-//! `--startup-delay` simulates a server that needs seconds to start.
+//! milliseconds; `GET /history` answers the pid of every generation so far,
+//! oldest first, one per line — state each version hands to the next.
+//! `kill -HUP $(cat hello.pid)` upgrades it with no failed request;
+//! `--startup-delay` simulates a server that needs seconds to start. With
+//! `--takeover PATH`, running the same command again, from any shell, replaces
+//! the running one with no failed request.
 //!
 //! ```text
-//! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid
+//! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid --takeover /tmp/hello/takeover.sock
 //! ```
 
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +51,10 @@ struct Args {
     /// How long draining connections may take before they are closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+    /// Serve takeovers at this Unix socket path; if a running hello serves it,
+    /// take over from it instead of binding.
+    #[arg(long, value_name = "PATH")]
+    takeover: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,13 +96,32 @@ fn handover_from(args: &Args) -> Result<Handover, handover::Error> {
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
     }
+    if let Some(path) = &args.takeover {
+        builder = builder.takeover(path);
+    }
     builder.build()
+}
+
+/// The boot history: the pids of every generation so far, oldest first,
+/// inherited from the previous version with this one's appended; the state
+/// each version hands to the next.
+fn boot_history(handover: &Handover) -> Arc<String> {
+    let mut history = handover
+        .inherited_state()
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .unwrap_or_default();
+    history.push_str(&format!("{}\n", std::process::id()));
+    let history = Arc::new(history);
+    let handed = Arc::clone(&history);
+    handover.set_state(move || handed.as_bytes().to_vec());
+    history
 }
 
 async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let pid = std::process::id();
     let generation = handover.generation();
     let _span = tracing::info_span!("hello", pid, generation).entered();
+    let history = boot_history(&handover);
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
@@ -119,17 +147,26 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let servers: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let handover = handover.clone();
+            let (handover, history) = (handover.clone(), Arc::clone(&history));
             tokio::spawn(async move {
                 http::serve(listener, &handover, move |request| {
-                    respond(request, pid, generation)
+                    respond(request, pid, generation, Arc::clone(&history))
                 })
                 .await
             })
         })
         .collect();
+    let mut outcome = Ok(());
     if let Err(error) = handover.ready() {
-        tracing::error!(%error, "could not report readiness; serving anyway");
+        if handover.took_over() {
+            // The old version keeps serving: finish what we accepted, then
+            // exit non-zero with the reason.
+            tracing::error!(%error, "takeover failed; draining and exiting");
+            handover.stop();
+            outcome = Err(error);
+        } else {
+            tracing::error!(%error, "could not report readiness; serving anyway");
+        }
     }
     for server in servers {
         match server.await {
@@ -138,14 +175,23 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
             Err(error) => tracing::error!(%error, "server task failed"),
         }
     }
-    Ok(())
+    outcome
 }
 
 async fn respond(
     request: Request<Incoming>,
     pid: u32,
     generation: u64,
+    history: Arc<String>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/history" {
+        return Ok(Response::builder()
+            .header("x-pid", pid)
+            .header("x-generation", generation)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(history.as_bytes().to_vec())))
+            .expect("static headers are valid"));
+    }
     let status = match request.uri().path() {
         "/" => StatusCode::OK,
         "/slow" => {

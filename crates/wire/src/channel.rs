@@ -202,6 +202,20 @@ impl Listener {
         Ok(Listener { socket })
     }
 
+    /// A listener on an inherited or received `SOCK_SEQPACKET` socket that
+    /// listens.
+    pub fn from_socket(socket: OwnedFd) -> std::io::Result<Listener> {
+        if net::sockopt::socket_type(&socket)? != SocketType::SEQPACKET
+            || !net::sockopt::socket_acceptconn(&socket)?
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a listening SOCK_SEQPACKET socket",
+            ));
+        }
+        Ok(Listener { socket })
+    }
+
     /// Waits for the next connection.
     pub fn accept(&self) -> std::io::Result<Channel> {
         let socket = net::accept_with(&self.socket, SocketFlags::CLOEXEC)?;

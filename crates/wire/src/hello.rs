@@ -16,6 +16,8 @@ pub struct Offer {
     pub max_version: u32,
     /// Capabilities.
     pub capabilities: Vec<String>,
+    /// This process's generation, told to the peer in `welcome`.
+    pub generation: Option<u64>,
 }
 
 impl Offer {
@@ -25,6 +27,7 @@ impl Offer {
             min_version: MIN_VERSION,
             max_version: VERSION,
             capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            generation: None,
         }
     }
 }
@@ -38,6 +41,8 @@ pub struct Agreement {
     pub capabilities: Vec<String>,
     /// The other side's pid, as it said.
     pub peer_pid: u32,
+    /// The other side's generation, if it said (in `welcome`).
+    pub peer_generation: Option<u64>,
 }
 
 impl Agreement {
@@ -63,6 +68,7 @@ pub fn offer(channel: &Channel, offer: Offer) -> Result<Agreement, Error> {
             version,
             capabilities,
             pid,
+            generation,
         } if (offer.min_version..=offer.max_version).contains(&version) => Ok(Agreement {
             version,
             capabilities: capabilities
@@ -70,6 +76,7 @@ pub fn offer(channel: &Channel, offer: Offer) -> Result<Agreement, Error> {
                 .filter(|c| offer.capabilities.contains(c))
                 .collect(),
             peer_pid: pid,
+            peer_generation: generation,
         }),
         Message::Welcome { version, .. } => Err(Error::Unexpected(format!(
             "the peer chose version {version}, outside {}..={}",
@@ -92,6 +99,7 @@ pub fn answer(channel: &Channel, offer: Offer) -> Result<Agreement, Error> {
             version: agreement.version,
             capabilities: agreement.capabilities.clone(),
             pid: std::process::id(),
+            generation: offer.generation,
         },
         &[],
     )?;
@@ -122,6 +130,7 @@ fn receive_hello(channel: &Channel, ours: &Offer) -> Result<Agreement, Error> {
             .filter(|c| ours.capabilities.contains(c))
             .collect(),
         peer_pid: pid,
+        peer_generation: None,
     })
 }
 

@@ -64,6 +64,10 @@ pub enum Message {
         capabilities: Vec<String>,
         /// The answering process's pid.
         pid: u32,
+        /// The answering process's generation (0 for a first process), so that
+        /// a process taking over can number itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
     },
     /// A refusal or a failure, with a code a program can match and a text a
     /// person can read.
@@ -260,6 +264,7 @@ mod tests {
                 version: 1,
                 capabilities: vec![],
                 pid: 8,
+                generation: Some(3),
             },
             Message::Error {
                 code: "busy".into(),

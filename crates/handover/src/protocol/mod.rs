@@ -31,6 +31,16 @@ pub const HANDOVER_GENERATION: &str = "HANDOVER_GENERATION";
 /// parent.
 pub const HANDOVER_UPSTREAM_NOTIFY_SOCKET: &str = "HANDOVER_UPSTREAM_NOTIFY_SOCKET";
 
+/// The application state handed to a re-exec'd successor: `LEN:CRC32` (hex)
+/// of the sealed memfd passed as the fd named [`STATE_FD_NAME`].
+pub const HANDOVER_STATE: &str = "HANDOVER_STATE";
+/// The fd name of the takeover socket among the passed fds (a name no
+/// application can claim: it has a `.` no `--listen` name in our tools uses,
+/// and the library keeps it for itself).
+pub const TAKEOVER_FD_NAME: &str = "handover.takeover";
+/// The fd name of the state memfd among the passed fds.
+pub const STATE_FD_NAME: &str = "handover.state";
+
 /// Variables that describe one hand-off and must not leak into the next one.
 pub(crate) const HANDOFF_VARIABLES: &[&str] = &[
     LISTEN_FDS,
@@ -40,6 +50,7 @@ pub(crate) const HANDOFF_VARIABLES: &[&str] = &[
     HANDOVER_PARENT_PID,
     HANDOVER_GENERATION,
     HANDOVER_UPSTREAM_NOTIFY_SOCKET,
+    HANDOVER_STATE,
 ];
 
 /// The first fd number of passed sockets.

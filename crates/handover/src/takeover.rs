@@ -1,0 +1,380 @@
+//! Takeover: a new version started independently — by a deploy script,
+//! systemd, a second container sharing a volume — takes the sockets and the
+//! state of the running one over its takeover socket
+//! ([`Builder::takeover`](crate::Builder::takeover)).
+//!
+//! ```text
+//!  new process (build())                          running process (serving)
+//!  ─────────────────────                          ─────────────────────────
+//!  connect PATH ──── refused / no file ─▶ start fresh: bind, and own PATH at ready()
+//!      │ live
+//!      ├─ owner check (SO_PEERCRED) ◀──────────▶ peer check (SO_PEERCRED); busy? refuse
+//!      ├─ hello ─────────────────────────────────▶ Serving → Upgrading (one at a time)
+//!      │ ◀── sockets (batches of ≤ 252, each acked), the takeover socket among them
+//!      │ ◀── state (inline or sealed memfd), acked
+//!  claims them by name; initialises         keeps accepting on the same sockets
+//!  ready() ── ready ─────────────────────────────▶ commit: PID file, MAINPID, drain order
+//!      │ ◀───────────────────────────── stepped_down      (stops accepting, drains, exits)
+//!  serves PATH (same socket: no gap)
+//! ```
+//!
+//! Failure edges, all leaving the running process serving:
+//!
+//! | what happens | running process | new process |
+//! |---|---|---|
+//! | a peer of another uid (not allowed) | refuses before sending anything | `build()` fails: refused |
+//! | a second takeover while one is under way | refuses it (`busy`), the first goes on | `build()` fails: busy |
+//! | the new one disconnects or dies at any point | rolls back to Serving, logs why | — |
+//! | the new one is not ready within the ready timeout | rolls back, tells it why | `ready()` fails |
+//! | garbage, a wrong version, stray fds | error reply, rolls back | — |
+//! | the running one dies after sending the sockets | — | `ready()` finds it gone and serves alone |
+//!
+//! The takeover socket itself is handed over like any socket, so the path is
+//! served without a gap, and a re-exec upgrade passes it on too (fd name
+//! `handover.takeover`): re-exec upgrades and takeovers mix freely.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use handover_wire::channel::{Channel, Listener};
+use handover_wire::{batch, hello, peer, state, Message};
+use sd_notify::NotifyState;
+
+use crate::handover::Inner;
+use crate::protocol::env::InheritedFd;
+use crate::protocol::TAKEOVER_FD_NAME;
+use crate::upgrade::{commit_to, Phase};
+use crate::{Error, Handover, Result};
+
+/// The capability a process offers when it hands over state.
+const STATE: &str = "state";
+/// Bound on every single exchange (a message and its answer).
+const EXCHANGE: Duration = Duration::from_secs(5);
+/// How often a wait for `ready` also checks for a stop.
+const POLL_SLICE: Duration = Duration::from_millis(50);
+
+/// What a new process received from the one it takes over from.
+pub(crate) struct TakenOver {
+    /// Still open: `ready` goes here.
+    pub channel: Channel,
+    pub sockets: Vec<InheritedFd>,
+    pub listener: Option<OwnedFd>,
+    pub state: Option<Vec<u8>>,
+    pub old_pid: u32,
+    pub generation: u64,
+}
+
+fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::Takeover {
+        path: path.to_owned(),
+        why: why.to_string(),
+    }
+}
+
+/// Takes over from the process listening at `path`, if one is: `Ok(None)` if
+/// nobody listens there (no file, or a stale one).
+pub(crate) fn attempt(
+    path: &Path,
+    allowed: &peer::Allowed,
+    state_limit: u64,
+) -> Result<Option<TakenOver>> {
+    let channel = match Channel::connect(path) {
+        Ok(channel) => channel,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(error) => return Err(failed(path, format!("cannot connect: {error}"))),
+    };
+    channel
+        .set_timeout(Some(EXCHANGE))
+        .map_err(|e| failed(path, e))?;
+    let owner = peer::check(&channel, allowed)
+        .map_err(|e| failed(path, format!("the process listening there is refused: {e}")))?;
+    let agreement = hello::offer(&channel, hello::Offer::this_version(&[STATE]))
+        .map_err(|e| failed(path, e))?;
+    let limit = fd_room();
+    let mut sockets = Vec::new();
+    let mut listener = None;
+    for (index, (name, fd)) in batch::receive(&channel, limit)
+        .map_err(|e| failed(path, e))?
+        .into_iter()
+        .enumerate()
+    {
+        if name == TAKEOVER_FD_NAME {
+            listener = Some(fd);
+        } else {
+            sockets.push(InheritedFd {
+                name,
+                fd,
+                number: index as i32, // for messages only: received, not inherited
+            });
+        }
+    }
+    let bytes = if agreement.has(STATE) {
+        Some(state::receive(&channel, state_limit).map_err(|e| Error::State(e.to_string()))?)
+    } else {
+        None
+    };
+    let old_pid = owner.pid.as_raw_nonzero().get() as u32;
+    tracing::info!(
+        old_pid,
+        sockets = sockets.len(),
+        state_bytes = bytes.as_ref().map_or(0, Vec::len),
+        "took over the sockets; initialising"
+    );
+    Ok(Some(TakenOver {
+        channel,
+        sockets,
+        listener,
+        state: bytes.filter(|b| !b.is_empty()),
+        old_pid,
+        generation: agreement.peer_generation.map_or(1, |g| g + 1),
+    }))
+}
+
+/// Descriptors this process can still receive.
+fn fd_room() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024) as usize;
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    limit.saturating_sub(open + 32)
+}
+
+/// The new process says it is ready and waits for the old one to step down.
+/// If the old one is gone (it died after handing over), this one serves alone.
+pub(crate) fn finish(channel: &Channel, old_pid: u32, path: &Path) -> Result<()> {
+    let sent = channel.send(&Message::Ready, &[]);
+    let answer = sent.and_then(|()| channel.receive());
+    match answer {
+        Ok(received) if received.message == Message::SteppedDown => {
+            tracing::info!(old_pid, "the old process stepped down");
+            Ok(())
+        }
+        Ok(received) => Err(failed(
+            path,
+            format!("{:?} instead of stepped_down", received.message),
+        )),
+        Err(error) if !alive(old_pid) => {
+            tracing::warn!(old_pid, %error, "the old process is gone; serving alone");
+            Ok(())
+        }
+        Err(error) => Err(failed(
+            path,
+            format!("the old process did not step down: {error}"),
+        )),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// Listens at `path` for the next takeover: creates the directory (0700) if
+/// missing, replaces a stale socket file, refuses to steal a live one.
+pub(crate) fn bind(path: &Path) -> Result<Listener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| failed(path, format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    if path.exists() {
+        match Channel::connect(path) {
+            Ok(_) => {
+                return Err(failed(
+                    path,
+                    "another process listens there; not stealing it",
+                ))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| failed(path, e))?;
+            }
+            Err(error) => return Err(failed(path, format!("cannot replace it: {error}"))),
+        }
+    }
+    let listener = Listener::bind(path).map_err(|e| failed(path, format!("cannot listen: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| failed(path, e))?;
+    Ok(listener)
+}
+
+/// Serves takeovers on `listener` from a thread of its own, until this process
+/// drains.
+pub(crate) fn serve(handover: &Handover, listener: Arc<Listener>, path: PathBuf) {
+    let handover = handover.clone();
+    let spawned = std::thread::Builder::new()
+        .name("handover-takeover".into())
+        .spawn(move || accept_loop(&handover, &listener, &path));
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the takeover thread; takeovers are refused");
+    }
+}
+
+fn accept_loop(handover: &Handover, listener: &Arc<Listener>, path: &Path) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let slice = Timespec {
+        tv_sec: 0,
+        tv_nsec: POLL_SLICE.as_nanos() as i64,
+    };
+    while !matches!(handover.phase(), Phase::Draining(_)) {
+        let socket = listener.socket();
+        let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+        if !poll(&mut fds, Some(&slice)).is_ok_and(|n| n > 0) {
+            continue;
+        }
+        let channel = match listener.accept() {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(%error, "takeover socket: accept failed");
+                continue;
+            }
+        };
+        let (handover, listener, path) = (handover.clone(), Arc::clone(listener), path.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("handover-takeover-peer".into())
+            .spawn(move || answer(&handover, &channel, listener.socket(), &path));
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot serve a takeover request");
+        }
+    }
+    tracing::debug!(path = %path.display(), "no longer serving takeovers");
+}
+
+/// One takeover request, start to end; whatever fails, this process serves on.
+fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path: &Path) {
+    let inner = &*handover.inner;
+    if let Err(error) = channel.set_timeout(Some(EXCHANGE)) {
+        tracing::warn!(%error, "takeover socket: cannot set a timeout");
+        return;
+    }
+    let peer = match peer::check(channel, &inner.config.takeover_allowed) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::warn!(%error, "takeover refused");
+            return;
+        }
+    };
+    let pid = peer.pid.as_raw_nonzero().get() as u32;
+    {
+        let mut phase = inner.phase();
+        let refusal = match *phase {
+            Phase::Serving => None,
+            Phase::Upgrading { successor } => Some(format!(
+                "busy: an upgrade or takeover is already under way (pid {successor})"
+            )),
+            other => Some(format!("this process is not serving ({other:?})")),
+        };
+        if let Some(why) = refusal {
+            drop(phase);
+            tracing::warn!(peer = pid, %why, "takeover refused");
+            let _ = channel.send(
+                &Message::Error {
+                    code: "busy".into(),
+                    message: why,
+                },
+                &[],
+            );
+            return;
+        }
+        *phase = Phase::Upgrading { successor: pid };
+    }
+    tracing::info!(peer = pid, "takeover: handing over");
+    inner.upstream.notify(&crate::upgrade::reloading());
+    let handed = hand_over(inner, channel, listener, pid).and_then(|took| {
+        let phase = inner.phase();
+        // A stop that arrived meanwhile wins: the new process is not committed.
+        if inner.drain.is_draining() {
+            return Err("this process is stopping".to_owned());
+        }
+        commit_to(inner, phase, pid, took);
+        Ok(())
+    });
+    match handed {
+        Ok(()) => {
+            if let Err(error) = channel.send(&Message::SteppedDown, &[]) {
+                tracing::warn!(%error, "the new process did not hear that this one stepped down");
+            }
+        }
+        Err(why) => {
+            let mut phase = inner.phase();
+            if matches!(*phase, Phase::Upgrading { .. }) {
+                *phase = Phase::Serving;
+                inner.upstream.notify(&[NotifyState::Ready]);
+            }
+            drop(phase);
+            tracing::warn!(peer = pid, %why, path = %path.display(), "takeover failed; still serving");
+            channel.refuse(&handover_wire::Error::Unexpected(why));
+        }
+    }
+}
+
+/// Sends everything and waits for `ready`; returns how long the new process
+/// took. An error says why the takeover did not happen.
+fn hand_over(
+    inner: &Inner,
+    channel: &Channel,
+    listener: BorrowedFd<'_>,
+    pid: u32,
+) -> std::result::Result<Duration, String> {
+    let started = Instant::now();
+    let offer = hello::Offer {
+        generation: Some(inner.generation),
+        ..hello::Offer::this_version(&[STATE])
+    };
+    let agreement = hello::answer(channel, offer).map_err(|e| e.to_string())?;
+    {
+        let registry = inner.registry();
+        let mut sockets = registry.handoff();
+        sockets.push((TAKEOVER_FD_NAME, listener.as_fd()));
+        batch::send(channel, &sockets).map_err(|e| format!("sending the sockets: {e}"))?;
+    }
+    if agreement.has(STATE) {
+        let bytes = inner.state_to_hand_over();
+        state::send(channel, &bytes).map_err(|e| format!("sending the state: {e}"))?;
+    }
+    // The new process initialises now; both accept meanwhile.
+    let deadline = started + inner.config.ready_timeout;
+    channel
+        .set_timeout(Some(POLL_SLICE))
+        .map_err(|e| e.to_string())?;
+    loop {
+        if inner.drain.is_draining() {
+            return Err("this process is stopping".into());
+        }
+        match channel.receive() {
+            Ok(received) if received.message == Message::Ready => break,
+            Ok(received) => return Err(format!("{:?} instead of ready", received.message)),
+            Err(handover_wire::Error::Io(error))
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "pid {pid} was not ready within {:?}",
+                        inner.config.ready_timeout
+                    ));
+                }
+            }
+            Err(error) => return Err(format!("pid {pid} went away before it was ready: {error}")),
+        }
+    }
+    channel
+        .set_timeout(Some(EXCHANGE))
+        .map_err(|e| e.to_string())?;
+    Ok(started.elapsed())
+}
