@@ -45,7 +45,8 @@ fn failing_successors_roll_back_without_losing_a_request() {
     );
 
     // 2. The new binary never becomes ready. While it waits, it holds exactly
-    //    stdin/out/err and the one named socket: no client connection, no pipe.
+    //    stdin/out/err, the one named socket and the state hello hands over
+    //    (its boot history, in a sealed memfd): no client connection, no pipe.
     server.install_script("exec sleep 30");
     let mark = server.log_text().len();
     signal(pid, Signal::HUP);
@@ -61,8 +62,9 @@ fn failing_successors_roll_back_without_losing_a_request() {
     );
     let held = fds_of(successor);
     let numbers: Vec<u32> = held.iter().map(|(fd, _)| *fd).collect();
-    assert_eq!(numbers, [0, 1, 2, 3], "successor fds: {held:?}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4], "successor fds: {held:?}");
     assert_eq!(held[3].1, listener, "fd 3 is the very listening socket");
+    assert!(held[4].1.starts_with("/memfd:handover-state"), "fd 4: {held:?}");
     assert!(
         fds_of(pid).len() > fds_before.len(),
         "the parent had client connections open at that moment, and none was passed on"
