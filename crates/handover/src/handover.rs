@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) generation: u64,
     /// After a takeover, until `ready()`: the connection to the old process.
     takeover_link: Mutex<Option<(Channel, u32)>>,
+    /// Whether this process took over from another.
+    took_over: bool,
     /// A takeover socket inherited or received, until `ready()` serves it.
     takeover_inherited: Mutex<Option<OwnedFd>>,
     /// The takeover socket this process serves (handed to a successor too).
@@ -150,6 +152,7 @@ impl Handover {
                 upstream: Upstream(inheritance.upstream_notify),
                 origin: inheritance.origin,
                 generation,
+                took_over: takeover_link.is_some(),
                 takeover_link: Mutex::new(takeover_link),
                 takeover_inherited: Mutex::new(takeover_inherited),
                 takeover_serving: Mutex::new(None),
@@ -187,7 +190,7 @@ impl Handover {
     /// Whether this process took over from one that served the takeover socket
     /// (rather than being started by a handover parent, or fresh).
     pub fn took_over(&self) -> bool {
-        lock(&self.inner.takeover_link).is_some()
+        self.inner.took_over
     }
 
     /// The TCP listener named `name`: the inherited one if this process was handed

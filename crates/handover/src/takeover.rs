@@ -260,13 +260,26 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
         tracing::warn!(%error, "takeover socket: cannot set a timeout");
         return;
     }
-    let peer = match peer::check(channel, &inner.config.takeover_allowed) {
+    let peer = match channel.peer() {
         Ok(peer) => peer,
         Err(error) => {
-            tracing::warn!(%error, "takeover refused");
+            tracing::warn!(%error, "takeover socket: no peer credentials");
             return;
         }
     };
+    if !inner.config.takeover_allowed.admits(&peer) {
+        // Nothing is sent before the refusal; its first message is read (and
+        // dropped) first, so that the refusal is what the peer reads, not a
+        // broken pipe.
+        let _ = channel.set_timeout(Some(Duration::from_secs(1)));
+        let _ = channel.receive_any();
+        let _ = peer::check(channel, &inner.config.takeover_allowed);
+        tracing::warn!(
+            uid = peer.uid.as_raw(),
+            "takeover refused: peer not allowed"
+        );
+        return;
+    }
     let pid = peer.pid.as_raw_nonzero().get() as u32;
     {
         let mut phase = inner.phase();
@@ -280,13 +293,7 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
         if let Some(why) = refusal {
             drop(phase);
             tracing::warn!(peer = pid, %why, "takeover refused");
-            let _ = channel.send(
-                &Message::Error {
-                    code: "busy".into(),
-                    message: why,
-                },
-                &[],
-            );
+            refuse(channel, &handover_wire::Error::Busy(why));
             return;
         }
         *phase = Phase::Upgrading { successor: pid };
@@ -319,6 +326,15 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
             channel.refuse(&handover_wire::Error::Unexpected(why));
         }
     }
+}
+
+/// Refuses a peer before anything is sent to it: its first message is read
+/// (and dropped) first, so that the refusal is what it reads next, not a
+/// broken pipe.
+fn refuse(channel: &Channel, error: &handover_wire::Error) {
+    let _ = channel.set_timeout(Some(Duration::from_secs(1)));
+    let _ = channel.receive_any();
+    channel.refuse(error);
 }
 
 /// Sends everything and waits for `ready`; returns how long the new process

@@ -64,7 +64,10 @@ fn failing_successors_roll_back_without_losing_a_request() {
     let numbers: Vec<u32> = held.iter().map(|(fd, _)| *fd).collect();
     assert_eq!(numbers, [0, 1, 2, 3, 4], "successor fds: {held:?}");
     assert_eq!(held[3].1, listener, "fd 3 is the very listening socket");
-    assert!(held[4].1.starts_with("/memfd:handover-state"), "fd 4: {held:?}");
+    assert!(
+        held[4].1.starts_with("/memfd:handover-state"),
+        "fd 4: {held:?}"
+    );
     assert!(
         fds_of(pid).len() > fds_before.len(),
         "the parent had client connections open at that moment, and none was passed on"

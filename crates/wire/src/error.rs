@@ -58,6 +58,9 @@ pub enum Error {
         /// Its gid.
         gid: u32,
     },
+    /// The process is in the middle of another hand-over.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The two sides speak no common version.
     #[error("no common protocol version: {0}")]
     Version(String),
@@ -81,6 +84,7 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::PeerNotAllowed { .. } => "not_allowed",
             Error::Version(_) => "version",
+            Error::Busy(_) => "busy",
             Error::CorruptState(_) => "corrupt_state",
         }
     }

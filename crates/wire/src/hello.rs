@@ -54,15 +54,19 @@ impl Agreement {
 
 /// The connecting side: sends `hello`, returns what the other side chose.
 pub fn offer(channel: &Channel, offer: Offer) -> Result<Agreement, Error> {
-    channel.send(
-        &Message::Hello {
-            min_version: offer.min_version,
-            max_version: offer.max_version,
-            capabilities: offer.capabilities.clone(),
-            pid: std::process::id(),
-        },
-        &[],
-    )?;
+    let hello = Message::Hello {
+        min_version: offer.min_version,
+        max_version: offer.max_version,
+        capabilities: offer.capabilities.clone(),
+        pid: std::process::id(),
+    };
+    if let Err(error) = channel.send(&hello, &[]) {
+        // A peer that refused us at once and hung up left its reason queued.
+        return Err(match channel.receive() {
+            Err(refused @ Error::Refused { .. }) => refused,
+            _ => error,
+        });
+    }
     match channel.receive()?.message {
         Message::Welcome {
             version,

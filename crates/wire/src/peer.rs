@@ -31,16 +31,20 @@ impl Allowed {
 /// admitted.
 pub fn check(channel: &Channel, allowed: &Allowed) -> Result<UCred, Error> {
     let peer = channel.peer()?;
-    if allowed.admits(&peer) {
-        return Ok(peer);
+    check_quietly(&peer, allowed).inspect_err(|error| channel.refuse(error))?;
+    Ok(peer)
+}
+
+/// Checks `peer` without answering it: the caller decides how to refuse.
+pub fn check_quietly(peer: &UCred, allowed: &Allowed) -> Result<(), Error> {
+    if allowed.admits(peer) {
+        return Ok(());
     }
-    let error = Error::PeerNotAllowed {
+    Err(Error::PeerNotAllowed {
         pid: peer.pid.as_raw_nonzero().get() as u32,
         uid: peer.uid.as_raw(),
         gid: peer.gid.as_raw(),
-    };
-    channel.refuse(&error);
-    Err(error)
+    })
 }
 
 #[cfg(test)]
