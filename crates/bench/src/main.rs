@@ -5,7 +5,8 @@
 //! | `handoff` | one whole `upgrade()` handing over N named TCP listeners, N = 1000 and 1 |
 //! | `ready-to-stop` | successor's `ready()` → the old process's accept loop has stopped |
 //! | `latency` | p99 latency in upgrade windows vs steady state, and throughput, on `hello` |
-//! | `all` | the three with their defaults, as one Markdown section |
+//! | `rescue` | `handover run`'s keep-alive rescue: added latency, supervisor CPU / RSS, time in the data path |
+//! | `all` | the first three with their defaults, as one Markdown section |
 //!
 //! `handoff` and `ready-to-stop` run a *chain* of server generations of this
 //! very binary (hidden `chain-*` subcommands, see [`chain`]); `latency` drives
@@ -28,6 +29,7 @@ mod latency;
 mod machine;
 mod procs;
 mod ready_to_stop;
+mod rescue;
 mod results;
 mod scratch;
 mod stats;
@@ -52,6 +54,8 @@ enum Command {
     ReadyToStop(ready_to_stop::Args),
     /// Request latency in upgrade windows vs steady state, and throughput, on `hello`.
     Latency(latency::Args),
+    /// Keep-alive rescue of `handover run`: added latency, supervisor CPU / RSS, data-path time.
+    Rescue(rescue::Args),
     /// All three with default parameters, printed as one Markdown section.
     All,
     /// A generation of the `handoff` chain (started by `handoff`).
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Handoff(args) => handoff::run(args),
             Command::ReadyToStop(args) => ready_to_stop::run(args),
             Command::Latency(args) => latency::run(args),
+            Command::Rescue(args) => rescue::run(args),
             _ => all(),
         }),
     };

@@ -142,3 +142,28 @@ pub fn ensure_fd_limit(needed: u64) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot raise the open-file limit to {needed}: {e}"))
 }
+
+/// Makes sure this process (and so its children) may have `needed` open
+/// files, raising the soft limit to the hard one if it is lower.
+pub fn raise_fd_limit(needed: u64) -> Result<(), String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match limit.current {
+        Some(current) if current < needed => {}
+        _ => return Ok(()), // enough, or unlimited
+    }
+    if limit.maximum.is_some_and(|maximum| maximum < needed) {
+        return Err(format!(
+            "need {needed} open files but the hard limit is {:?} (raise it with ulimit -Hn)",
+            limit.maximum
+        ));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum.or(Some(needed)),
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(|e| format!("cannot raise the open-file limit: {e}"))
+}

@@ -121,9 +121,7 @@ impl Handover {
         if let (Some(path), Origin::Fresh, true) =
             (&config.takeover, &inheritance.origin, sockets.is_empty())
         {
-            if let Some(taken) =
-                takeover::attempt(path, &config.takeover_allowed, config.state_limit)?
-            {
+            if let Some(taken) = takeover::attempt(path, config.state_limit)? {
                 sockets = taken.sockets;
                 takeover_inherited = taken.listener;
                 inherited_state = taken.state;

@@ -39,7 +39,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use handover_wire::channel::{Channel, Listener};
-use handover_wire::{batch, hello, peer, state, Message};
+use handover_wire::control::{self, Reply, Request};
+use handover_wire::{batch, hello, state, Message};
 use sd_notify::NotifyState;
 
 use crate::handover::Inner;
@@ -75,14 +76,11 @@ fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// Takes over from the process listening at `path`, if one is: `Ok(None)` if
 /// nobody listens there (no file, or a stale one).
-pub(crate) fn attempt(
-    path: &Path,
-    allowed: &peer::Allowed,
-    state_limit: u64,
-) -> Result<Option<TakenOver>> {
-    let channel = match Channel::connect(path) {
-        Ok(channel) => channel,
-        Err(error)
+pub(crate) fn attempt(path: &Path, state_limit: u64) -> Result<Option<TakenOver>> {
+    let offer = hello::Offer::this_version(&[STATE]);
+    let (channel, agreement) = match control::connect(path, Request::Takeover, offer) {
+        Ok(connected) => connected,
+        Err(handover_wire::Error::Io(error))
             if matches!(
                 error.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
@@ -90,15 +88,9 @@ pub(crate) fn attempt(
         {
             return Ok(None)
         }
-        Err(error) => return Err(failed(path, format!("cannot connect: {error}"))),
+        Err(error) => return Err(failed(path, error)),
     };
-    channel
-        .set_timeout(Some(EXCHANGE))
-        .map_err(|e| failed(path, e))?;
-    let owner = peer::check(&channel, allowed)
-        .map_err(|e| failed(path, format!("the process listening there is refused: {e}")))?;
-    let agreement = hello::offer(&channel, hello::Offer::this_version(&[STATE]))
-        .map_err(|e| failed(path, e))?;
+    let owner = channel.peer().map_err(|e| failed(path, e))?;
     let limit = fd_room();
     let mut sockets = Vec::new();
     let mut listener = None;
@@ -253,34 +245,98 @@ fn accept_loop(handover: &Handover, listener: &Arc<Listener>, path: &Path) {
     tracing::debug!(path = %path.display(), "no longer serving takeovers");
 }
 
-/// One takeover request, start to end; whatever fails, this process serves on.
+/// One connection to the takeover socket: a takeover, or a control command;
+/// whatever fails, this process serves on.
 fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path: &Path) {
     let inner = &*handover.inner;
-    if let Err(error) = channel.set_timeout(Some(EXCHANGE)) {
-        tracing::warn!(%error, "takeover socket: cannot set a timeout");
-        return;
-    }
-    let peer = match channel.peer() {
-        Ok(peer) => peer,
+    let offer = hello::Offer {
+        generation: Some(inner.generation),
+        ..hello::Offer::this_version(&[STATE])
+    };
+    let (request, agreement) = match control::accept(channel, &inner.config.takeover_allowed, offer)
+    {
+        Ok(accepted) => accepted,
         Err(error) => {
-            tracing::warn!(%error, "takeover socket: no peer credentials");
+            tracing::warn!(%error, "takeover socket: request refused");
             return;
         }
     };
-    if !inner.config.takeover_allowed.admits(&peer) {
-        // Nothing is sent before the refusal; its first message is read (and
-        // dropped) first, so that the refusal is what the peer reads, not a
-        // broken pipe.
-        let _ = channel.set_timeout(Some(Duration::from_secs(1)));
-        let _ = channel.receive_any();
-        let _ = peer::check(channel, &inner.config.takeover_allowed);
-        tracing::warn!(
-            uid = peer.uid.as_raw(),
-            "takeover refused: peer not allowed"
-        );
-        return;
+    let pid = channel
+        .peer()
+        .map_or(0, |peer| peer.pid.as_raw_nonzero().get() as u32);
+    let final_reply = match request {
+        Request::Takeover => {
+            return take_over_by(handover, channel, &agreement, listener, pid, path)
+        }
+        Request::Status => Reply::Status(status(handover)),
+        Request::Stop => {
+            handover.stop();
+            Reply::Done {
+                ok: true,
+                message: format!("pid {} stopping: draining", std::process::id()),
+            }
+        }
+        Request::Upgrade => {
+            let _ = control::reply(
+                channel,
+                &Reply::Progress(format!(
+                    "pid {}: starting the new version",
+                    std::process::id()
+                )),
+            );
+            match handover.upgrade() {
+                Ok(successor) => Reply::Done {
+                    ok: true,
+                    message: format!(
+                        "pid {} → {successor}: the new version is ready; the old one drains",
+                        std::process::id()
+                    ),
+                },
+                Err(error) => Reply::Done {
+                    ok: false,
+                    message: format!("upgrade failed: {error}"),
+                },
+            }
+        }
+    };
+    if let Err(error) = control::reply(channel, &final_reply) {
+        tracing::debug!(%error, "the control client went away");
     }
-    let pid = peer.pid.as_raw_nonzero().get() as u32;
+}
+
+/// What `handover status --socket` shows of a library process.
+fn status(handover: &Handover) -> serde_json::Map<String, serde_json::Value> {
+    let inner = &*handover.inner;
+    let sockets: Vec<String> = inner
+        .registry()
+        .handoff()
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    let value = serde_json::json!({
+        "pid": std::process::id(),
+        "generation": inner.generation,
+        "phase": format!("{:?}", handover.phase()),
+        "sockets": sockets,
+        "connections": handover.tracker().active(),
+        "pid_file": inner.config.pid_file.as_ref().map(|p| p.display().to_string()),
+    });
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A takeover by `pid`, start to end.
+fn take_over_by(
+    handover: &Handover,
+    channel: &Channel,
+    agreement: &hello::Agreement,
+    listener: BorrowedFd<'_>,
+    pid: u32,
+    path: &Path,
+) {
+    let inner = &*handover.inner;
     {
         let mut phase = inner.phase();
         let refusal = match *phase {
@@ -293,14 +349,14 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
         if let Some(why) = refusal {
             drop(phase);
             tracing::warn!(peer = pid, %why, "takeover refused");
-            refuse(channel, &handover_wire::Error::Busy(why));
+            control::refuse_after_reading(channel, &handover_wire::Error::Busy(why));
             return;
         }
         *phase = Phase::Upgrading { successor: pid };
     }
     tracing::info!(peer = pid, "takeover: handing over");
     inner.upstream.notify(&crate::upgrade::reloading());
-    let handed = hand_over(inner, channel, listener, pid).and_then(|took| {
+    let handed = hand_over(inner, channel, agreement, listener, pid).and_then(|took| {
         let phase = inner.phase();
         // A stop that arrived meanwhile wins: the new process is not committed.
         if inner.drain.is_draining() {
@@ -328,29 +384,16 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
     }
 }
 
-/// Refuses a peer before anything is sent to it: its first message is read
-/// (and dropped) first, so that the refusal is what it reads next, not a
-/// broken pipe.
-fn refuse(channel: &Channel, error: &handover_wire::Error) {
-    let _ = channel.set_timeout(Some(Duration::from_secs(1)));
-    let _ = channel.receive_any();
-    channel.refuse(error);
-}
-
 /// Sends everything and waits for `ready`; returns how long the new process
 /// took. An error says why the takeover did not happen.
 fn hand_over(
     inner: &Inner,
     channel: &Channel,
+    agreement: &hello::Agreement,
     listener: BorrowedFd<'_>,
     pid: u32,
 ) -> std::result::Result<Duration, String> {
     let started = Instant::now();
-    let offer = hello::Offer {
-        generation: Some(inner.generation),
-        ..hello::Offer::this_version(&[STATE])
-    };
-    let agreement = hello::answer(channel, offer).map_err(|e| e.to_string())?;
     {
         let registry = inner.registry();
         let mut sockets = registry.handoff();

@@ -346,6 +346,7 @@ fn strangers_and_garbage_on_the_takeover_socket_leave_the_old_one_serving() {
         ("no-hello", "\"unexpected\""),
         ("truncated", "\"malformed\""),
         ("stray-fds", "\"wrong_fds\""),
+        ("bad-command", "unknown command"),
     ] {
         let line = takeover.client(mode, None);
         assert!(line.contains(expect), "{mode}: {line}");

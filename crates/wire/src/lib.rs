@@ -21,6 +21,7 @@
 //! | [`batch`] | any number of named sockets, in acknowledged batches of at most [`MAX_FDS`] |
 //! | [`state`] | application state: inline when small, a sealed memfd when large, checksummed |
 //! | [`peer`] | who may connect: same uid, root, or uids and gids the application allows |
+//! | [`control`] | the commands (`status`, `upgrade`, `stop`, `takeover`) and their replies |
 //!
 //! A conversation, for a takeover (the new process connects):
 //!
@@ -28,6 +29,7 @@
 //!  new                                   old
 //!   │ Hello {versions, capabilities} ──────▶ peer check (SO_PEERCRED), version choice
 //!   │ ◀────────────────────── Welcome {version, capabilities}
+//!   │ Command {takeover} ────────────────────▶ one hand-over at a time: else `busy`
 //!   │ ◀──── Sockets {batch 0, names} + fds   (≤ 252 per batch)
 //!   │ Ack {batch 0} ─────────────────────────▶ … until `last`
 //!   │ ◀──── State {len, crc32} + memfd
@@ -48,7 +50,7 @@
 //!     hello::answer(&old, hello::Offer::this_version(&[]))?;
 //!     batch::send(&old, &[("web", listener.as_fd())])
 //! });
-//! hello::offer(&new, hello::Offer::this_version(&[]))?;
+//! hello::offer(&new, hello::Offer::this_version(&[]))?; // (a takeover sends its command here)
 //! let sockets = batch::receive(&new, 1000)?;
 //! assert_eq!(sockets[0].0, "web");
 //! sender.join().unwrap()?;
@@ -62,6 +64,7 @@
 
 pub mod batch;
 pub mod channel;
+pub mod control;
 mod error;
 pub mod hello;
 pub mod message;

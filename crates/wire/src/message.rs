@@ -15,6 +15,10 @@
 //! | `state` | the side giving state | a sealed memfd unless `inline` | `len`, `crc32`, `inline` (base64) |
 //! | `ready` | the new process | none | |
 //! | `stepped_down` | the old process, after its commit | none | |
+//! | `command` | the connecting side, after `welcome` | none | `command`: `takeover`, `status`, `upgrade`, `stop` |
+//! | `progress` | the answering side, during a command | none | `message` |
+//! | `done` | the answering side, a command's end | none | `ok`, `message` |
+//! | `status` | the answering side, to `status` | none | `status` (an object) |
 
 use serde::{Deserialize, Serialize};
 
@@ -108,10 +112,32 @@ pub enum Message {
     Ready,
     /// The old process has committed and stopped accepting.
     SteppedDown,
+    /// What the connecting side wants, after `welcome`.
+    Command {
+        /// `takeover`, `status`, `upgrade` or `stop`.
+        command: String,
+    },
+    /// A step of a command under way.
+    Progress {
+        /// What happened.
+        message: String,
+    },
+    /// A command's end.
+    Done {
+        /// Whether it succeeded.
+        ok: bool,
+        /// What happened, with the reason on failure.
+        message: String,
+    },
+    /// The answer to `status`: the process's state, as an object.
+    Status {
+        /// Its fields depend on the kind of process (library or supervisor).
+        status: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// The types this version knows, for telling "unknown" from "malformed".
-const KNOWN: [&str; 8] = [
+const KNOWN: [&str; 12] = [
     "hello",
     "welcome",
     "error",
@@ -120,6 +146,10 @@ const KNOWN: [&str; 8] = [
     "state",
     "ready",
     "stepped_down",
+    "command",
+    "progress",
+    "done",
+    "status",
 ];
 
 impl Message {
@@ -206,7 +236,21 @@ impl Message {
                 Some(_) if *len > MAX_INLINE_STATE as u64 => bad("inline state too long".into()),
                 _ => Ok(()),
             },
-            Message::Ack { .. } | Message::Ready | Message::SteppedDown => Ok(()),
+            Message::Command { command } if command.len() > MAX_CAPABILITY => {
+                bad("a command name too long".into())
+            }
+            Message::Progress { message } | Message::Done { message, .. }
+                if message.len() > MAX_TEXT =>
+            {
+                bad("a text too long".into())
+            }
+            Message::Ack { .. }
+            | Message::Ready
+            | Message::SteppedDown
+            | Message::Command { .. }
+            | Message::Progress { .. }
+            | Message::Done { .. }
+            | Message::Status { .. } => Ok(()),
         }
     }
 }
@@ -283,6 +327,19 @@ mod tests {
             },
             Message::Ready,
             Message::SteppedDown,
+            Message::Command {
+                command: "status".into(),
+            },
+            Message::Progress {
+                message: "new pid 9 started".into(),
+            },
+            Message::Done {
+                ok: false,
+                message: "rolled back".into(),
+            },
+            Message::Status {
+                status: serde_json::from_str(r#"{"pid":9,"phase":"serving"}"#).unwrap(),
+            },
         ];
         for message in messages {
             assert_eq!(Message::decode(&message.encode()).unwrap(), message);
@@ -329,6 +386,21 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn texts_are_bounded() {
+        let long = Message::Done {
+            ok: true,
+            message: "x".repeat(MAX_TEXT + 1),
+        };
+        assert!(matches!(
+            Message::decode(&long.encode()),
+            Err(Error::Malformed(_))
+        ));
+        // Message::error cuts its text to fit.
+        let error = Message::error(&Error::Unexpected("y".repeat(10_000)));
+        assert!(Message::decode(&error.encode()).is_ok());
+    }
+
     proptest! {
         #[test]
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -337,7 +409,7 @@ mod tests {
 
         #[test]
         fn decoding_near_miss_json_never_panics(
-            kind in "(hello|welcome|error|sockets|ack|state|ready|stepped_down|x)",
+            kind in "(hello|welcome|error|sockets|ack|state|ready|stepped_down|command|progress|done|status|x)",
             field in "[a-z_]{1,12}",
             value in prop_oneof![Just("1".to_owned()), Just("\"s\"".to_owned()), Just("[]".to_owned()), Just("null".to_owned()), Just("-1".to_owned())],
         ) {

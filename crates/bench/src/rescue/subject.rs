@@ -74,8 +74,8 @@ pub fn go_server(given: Option<&Path>, dir: &Path) -> Result<PathBuf, String> {
     eprintln!("rescue: building {}", source.display());
     let child = procs::spawn_group(&mut command)
         .map_err(|e| format!("{e} (the Go toolchain is needed, or pass --go-server)"))?;
-    let status = wait_child(child, Duration::from_secs(300))
-        .map_err(|e| format!("go build: {e}"))?;
+    let status =
+        wait_child(child, Duration::from_secs(300)).map_err(|e| format!("go build: {e}"))?;
     if !status.success() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         return Err(format!("go build failed ({status}):\n{text}"));
@@ -287,8 +287,8 @@ pub struct Exit {
 impl Exit {
     pub fn watch(pid: u32) -> Result<Exit, String> {
         let target = Pid::from_raw(pid as i32).ok_or_else(|| format!("invalid pid {pid}"))?;
-        let fd =
-            pidfd_open(target, PidfdFlags::empty()).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        let fd = pidfd_open(target, PidfdFlags::empty())
+            .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
         Ok(Exit { pid, fd })
     }
 
@@ -317,9 +317,9 @@ impl Exit {
 /// "holding the old child's connections for rescue pid=PID held=N took=D".
 pub fn capture_line(log: &str, old_pid: u32) -> Option<(u64, Duration)> {
     let pid = format!(" pid={old_pid} ");
-    let line = log
-        .lines()
-        .find(|l| l.contains("holding the old child's connections for rescue") && l.contains(&pid))?;
+    let line = log.lines().find(|l| {
+        l.contains("holding the old child's connections for rescue") && l.contains(&pid)
+    })?;
     let value = |key: &str| {
         line.split_whitespace()
             .find_map(|word| word.strip_prefix(key))
@@ -332,9 +332,15 @@ pub fn capture_line(log: &str, old_pid: u32) -> Option<(u64, Duration)> {
 
 /// Parses a `Duration`'s `Debug` form: `1.440333ms`, `950.2µs`, `12ns`, `1.5s`.
 fn debug_duration(text: &str) -> Option<Duration> {
-    let (number, scale) = [("ns", 1e-9), ("µs", 1e-6), ("us", 1e-6), ("ms", 1e-3), ("s", 1.0)]
-        .iter()
-        .find_map(|(unit, scale)| text.strip_suffix(unit).map(|n| (n, *scale)))?;
+    let (number, scale) = [
+        ("ns", 1e-9),
+        ("µs", 1e-6),
+        ("us", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+    ]
+    .iter()
+    .find_map(|(unit, scale)| text.strip_suffix(unit).map(|n| (n, *scale)))?;
     let value: f64 = number.parse().ok()?;
     Some(Duration::from_secs_f64(value * scale))
 }
