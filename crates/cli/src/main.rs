@@ -11,6 +11,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use handover_wire::control::Request;
 
 mod check;
 mod supervise;
@@ -29,11 +30,13 @@ enum Command {
     Check(check::Args),
     /// Run a server with sockets held for it, upgradable with zero downtime.
     Run(supervise::RunArgs),
-    /// Upgrade the server under a running supervisor; show each step.
+    /// Upgrade the server under a running supervisor, or a library process
+    /// (`--socket`); show each step, exit 1 with the reason on rollback.
     Upgrade(supervise::ClientArgs),
-    /// Show a running supervisor's children, sockets and last upgrades.
+    /// Show a running supervisor's children, sockets and last upgrades, or a
+    /// library process's state.
     Status(supervise::ClientArgs),
-    /// Stop the server gracefully, then the supervisor.
+    /// Stop the server gracefully (then the supervisor).
     Stop(supervise::ClientArgs),
 }
 
@@ -42,13 +45,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::main(args),
         Command::Run(args) => supervise::run(args),
-        Command::Upgrade(args) => {
-            supervise::client(handover_supervisor::control::Request::Upgrade, args)
-        }
-        Command::Status(args) => {
-            supervise::client(handover_supervisor::control::Request::Status, args)
-        }
-        Command::Stop(args) => supervise::client(handover_supervisor::control::Request::Stop, args),
+        Command::Upgrade(args) => supervise::client(Request::Upgrade, args),
+        Command::Status(args) => supervise::client(Request::Status, args),
+        Command::Stop(args) => supervise::client(Request::Stop, args),
     };
     match result {
         Ok(code) => code,

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use handover_supervisor::config::{default_control_path, parse_signal};
-use handover_supervisor::control::{self, Reply, Request};
+use handover_supervisor::status::Status;
 use handover_supervisor::{Config, Listen, ReadyMode};
+use handover_wire::control::{self, Reply, Request};
 
 /// Arguments of `handover run`.
 #[derive(Debug, clap::Args)]
@@ -60,12 +61,13 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-/// Where to find a running supervisor.
+/// Where to find a running supervisor or library process.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The supervisor's control socket.
-    #[arg(long)]
-    control: Option<PathBuf>,
+    /// The socket to talk to: a supervisor's control socket, or the takeover
+    /// socket of a process on the handover library (`Builder::takeover`).
+    #[arg(long, visible_alias = "control", value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// The supervisor's PID file (the control socket is next to it).
     #[arg(long)]
     pid_file: Option<PathBuf>,
@@ -76,7 +78,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn control_path(&self) -> PathBuf {
-        self.control
+        self.socket
             .clone()
             .unwrap_or_else(|| default_control_path(self.pid_file.as_deref()))
     }
@@ -121,31 +123,72 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `handover upgrade`, `status` or `stop`.
+/// `handover upgrade`, `status` or `stop`: one client for a supervisor and for
+/// a library process alike (they speak the same protocol).
 pub fn client(request: Request, args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let path = args.control_path();
     let json = args.json;
-    let last = runtime.block_on(control::request(&path, request, |reply| print(reply, json)))?;
+    // An upgrade waits for the new version (up to its ready timeout) and, under a
+    // supervisor, for the old one's drain: no bound between replies but the
+    // server's own deadlines.
+    let patience = Duration::from_secs(24 * 3600);
+    let last = control::request(&path, request, patience, |reply| print(reply, json));
     Ok(match last {
-        Reply::Done { ok: true, .. } | Reply::Status(_) => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+        Ok(Reply::Done { ok: true, .. } | Reply::Status(_)) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            let message = match &error {
+                handover_wire::Error::Refused { message, .. } => message.clone(),
+                handover_wire::Error::Io(e) => {
+                    format!("cannot reach {}: {e}", path.display())
+                }
+                other => other.to_string(),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "error", "message": message})
+                );
+            } else {
+                eprintln!("{message}");
+            }
+            ExitCode::FAILURE
+        }
     })
 }
 
 fn print(reply: &Reply, json: bool) {
     if json {
-        if let Ok(line) = serde_json::to_string(reply) {
-            println!("{line}");
-        }
+        let line = match reply {
+            Reply::Progress(message) => {
+                serde_json::json!({"event": "progress", "message": message})
+            }
+            Reply::Done { ok, message } => {
+                serde_json::json!({"event": "done", "ok": ok, "message": message})
+            }
+            Reply::Status(status) => {
+                let mut status = status.clone();
+                status.insert("event".into(), "status".into());
+                serde_json::Value::Object(status)
+            }
+        };
+        println!("{line}");
         return;
     }
     match reply {
-        Reply::Progress { message } => println!("{message}"),
-        Reply::Done { ok: true, message } => println!("{message}"),
-        Reply::Done { ok: false, message } | Reply::Error { message } => eprintln!("{message}"),
-        Reply::Status(status) => print!("{status}"),
+        Reply::Progress(message) | Reply::Done { ok: true, message } => println!("{message}"),
+        Reply::Done { ok: false, message } => eprintln!("{message}"),
+        Reply::Status(status) => {
+            let value = serde_json::Value::Object(status.clone());
+            match serde_json::from_value::<Status>(value) {
+                Ok(supervisor) => print!("{supervisor}"),
+                // A library process: its fields as they are.
+                Err(_) => {
+                    for (key, value) in status {
+                        println!("{key}: {value}");
+                    }
+                }
+            }
+        }
     }
 }

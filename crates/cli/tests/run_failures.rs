@@ -4,8 +4,7 @@
 
 mod run_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use handover_loadgen::{LoadConfig, LoadThread, Mode};
@@ -260,23 +259,28 @@ fn malformed_control_requests_get_an_error_reply() {
         &["python3", fixture("notify_server.py").to_str().unwrap()],
     );
     let control = supervisor.scratch.path("handover.pid.control");
-    for request in [
-        &b"garbage\n"[..],
-        b"{\"command\":\"explode\"}\n",
-        &[b'x'; 5000][..],
+    let client = |mode: &str| {
+        let output = std::process::Command::new("python3")
+            .arg(wire_client())
+            .arg(&control)
+            .arg(mode)
+            .output()
+            .unwrap();
+        text(&output)
+    };
+    for (mode, expect) in [
+        ("garbage", "malformed"),
+        ("huge", "oversized"),
+        ("wrong-version", "version"),
+        ("bad-command", "unknown command"),
+        ("takeover", "this is a supervisor's control socket"),
     ] {
-        let mut stream = UnixStream::connect(&control).unwrap();
-        stream.write_all(request).unwrap();
-        let mut reply = String::new();
-        BufReader::new(stream).read_line(&mut reply).unwrap();
-        assert!(reply.contains("\"event\":\"error\""), "{reply}");
-        assert!(
-            reply.contains("malformed request") || reply.contains("larger than 4096"),
-            "{reply}"
-        );
+        let reply = client(mode);
+        assert!(reply.contains("\"error\""), "{mode}: {reply}");
+        assert!(reply.contains(expect), "{mode}: {reply}");
     }
     // A client that connects and says nothing does not block others.
-    let _silent = UnixStream::connect(&control).unwrap();
+    let _silent = handover_wire::channel::Channel::connect(&control).unwrap();
     assert!(
         supervisor.status().is_some(),
         "the supervisor still answers"
@@ -306,10 +310,10 @@ fn another_user_may_not_control_the_supervisor() {
     )
     .unwrap();
     let as_nobody = |path: &std::path::Path| {
-        let script = "import os, socket, sys\nos.setgid(65534); os.setuid(65534)\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print('connect failed:', e.strerror); sys.exit(0)\ns.sendall(b'{\"command\":\"stop\"}\\n')\nprint(s.makefile().readline())\n";
         let output = std::process::Command::new("python3")
-            .args(["-c", script])
+            .arg(wire_client())
             .arg(path)
+            .args(["stop", "65534"])
             .output()
             .unwrap();
         text(&output)
@@ -323,7 +327,10 @@ fn another_user_may_not_control_the_supervisor() {
     )
     .unwrap();
     let reply = as_nobody(&control);
-    assert!(reply.contains("permission denied: uid 65534"), "{reply}");
+    assert!(
+        reply.contains("not_allowed") && reply.contains("uid 65534"),
+        "{reply}"
+    );
     assert!(
         supervisor.status().unwrap()["stopping"] == false,
         "the stop was not obeyed"

@@ -427,3 +427,53 @@ fn two_thousand_sockets_are_taken_over_and_held_exactly() {
     );
     assert_eq!(takeover.history(), vec![old, new]);
 }
+
+#[test]
+fn status_upgrade_and_stop_are_answered_on_the_takeover_socket() {
+    use handover_wire::control::{request, Reply, Request};
+    let _turn = turn();
+    let mut takeover = Takeover::start("takeover-control", &[]);
+    let ask = |what: Request| {
+        let mut steps = Vec::new();
+        let last = request(&takeover.path, what, Duration::from_secs(60), |r| {
+            steps.push(r.clone())
+        })
+        .unwrap();
+        (steps, last)
+    };
+    let first = takeover.server.current_pid().unwrap();
+    let (_, status) = ask(Request::Status);
+    let Reply::Status(status) = status else {
+        panic!("{status:?}")
+    };
+    assert_eq!(status["pid"], first);
+    assert_eq!(status["phase"], "Serving");
+    assert_eq!(status["sockets"], serde_json::json!(["web"]));
+
+    // An upgrade through the socket: progress, then the new pid.
+    let (steps, done) = ask(Request::Upgrade);
+    assert!(steps.len() >= 2, "{steps:?}");
+    let Reply::Done { ok: true, message } = done else {
+        panic!("{done:?}")
+    };
+    let new = wait_until("the new pid", Duration::from_secs(10), || {
+        takeover.server.current_pid().filter(|&p| p != first)
+    });
+    takeover.server.pids.push(new);
+    assert!(message.contains(&new.to_string()), "{message}");
+    takeover.server.wait_exit(first, Duration::from_secs(20));
+
+    // A broken new version: rolled back, and the reply says so.
+    takeover.server.install_script("exit 3");
+    let (_, done) = ask(Request::Upgrade);
+    let Reply::Done { ok: false, message } = done else {
+        panic!("{done:?}")
+    };
+    assert!(message.contains("rolled back, still serving"), "{message}");
+    assert_eq!(takeover.server.current_pid(), Some(new));
+
+    // Stop: the process drains and exits.
+    let (_, done) = ask(Request::Stop);
+    assert!(matches!(done, Reply::Done { ok: true, .. }), "{done:?}");
+    takeover.server.wait_exit(new, Duration::from_secs(20));
+}

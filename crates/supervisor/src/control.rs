@@ -1,33 +1,29 @@
 //! The control socket: `handover upgrade`, `status` and `stop` talk to a running
-//! supervisor over a Unix stream socket.
+//! supervisor over the wire protocol of [`handover_wire::control`] — the very
+//! protocol a library process's takeover socket answers, so one client serves
+//! both (`handover status --socket PATH`).
 //!
-//! Wire format: the client sends one JSON line, `{"command":"upgrade"}` (or
-//! `status`, `stop`); the supervisor answers with JSON lines — `progress` events,
-//! then one `done`, `status` or `error`. The socket is mode 0600 and the peer's
-//! uid is checked (same uid or root); a request is at most 4 KiB and must arrive
-//! within 5 s; a malformed request gets an `error` reply, never a crash.
+//! The socket is mode 0600 and the peer's uid is checked (same uid or root); a
+//! stranger is refused before anything is sent, and a malformed request gets
+//! an error reply, never a crash. Each client is served on a thread of its
+//! own; the event loop hears its request as an [`Order`] and answers through a
+//! channel, so a slow or silent client never holds the supervisor up.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use handover_wire::channel::{Channel, Listener};
+use handover_wire::control::{self as wire, Reply as WireReply, Request as WireRequest};
+use handover_wire::hello::Offer;
+use handover_wire::peer::Allowed;
 use tokio::sync::mpsc;
 
 use crate::status::Status;
 
-/// The largest request accepted.
-pub const MAX_REQUEST: usize = 4096;
-/// The largest reply line sent or accepted.
-pub const MAX_REPLY: usize = 256 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What a client asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// Start a new child, commit when ready, drain the old one.
     Upgrade,
@@ -38,8 +34,7 @@ pub enum Request {
 }
 
 /// What the supervisor answers (one or more per request).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// A step of a request under way.
     Progress {
@@ -55,18 +50,36 @@ pub enum Reply {
     },
     /// The answer to `status`.
     Status(Box<Status>),
-    /// The request was refused or malformed.
-    Error {
-        /// Why.
-        message: String,
-    },
+}
+
+impl Reply {
+    fn to_wire(&self) -> WireReply {
+        match self {
+            Reply::Progress { message } => WireReply::Progress(message.clone()),
+            Reply::Done { ok, message } => WireReply::Done {
+                ok: *ok,
+                message: message.clone(),
+            },
+            Reply::Status(status) => match serde_json::to_value(status) {
+                Ok(serde_json::Value::Object(map)) => WireReply::Status(map),
+                _ => WireReply::Done {
+                    ok: false,
+                    message: "the status could not be encoded".into(),
+                },
+            },
+        }
+    }
 }
 
 /// A request with the channel its replies go to.
 pub type Order = (Request, mpsc::Sender<Reply>);
 
-/// Binds the control socket at `path` (mode 0600), replacing a stale one.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// How long a client may take to say what it wants.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the control socket at `path` (mode 0600, its directory created 0700),
+/// replacing a stale one; a live one belongs to a running supervisor.
+pub fn bind(path: &Path) -> io::Result<Listener> {
     if let Some(dir) = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
@@ -75,7 +88,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     if std::fs::symlink_metadata(path).is_ok() {
-        match std::os::unix::net::UnixStream::connect(path) {
+        match Channel::connect(path) {
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
@@ -85,122 +98,70 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
             Err(_) => std::fs::remove_file(path)?,
         }
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = Listener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
-/// Accepts clients forever, passing their requests to `orders`.
-pub async fn serve(listener: UnixListener, orders: mpsc::Sender<Order>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream, orders.clone()));
+/// Accepts clients on a thread of its own, passing their requests to `orders`.
+pub fn serve(listener: Listener, orders: mpsc::Sender<Order>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("handover-control".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok(channel) => {
+                    let orders = orders.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("handover-control-client".into())
+                        .spawn(move || handle(&channel, &orders));
+                    if let Err(error) = spawned {
+                        tracing::warn!(%error, "cannot serve a control client");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        })?;
+    Ok(())
 }
 
-async fn handle(mut stream: UnixStream, orders: mpsc::Sender<Order>) {
-    let refusal = match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 || cred.uid() == rustix::process::getuid().as_raw() => None,
-        Ok(cred) => Some(format!(
-            "permission denied: uid {} may not control this supervisor",
-            cred.uid()
-        )),
-        Err(error) => Some(format!("cannot read peer credentials: {error}")),
-    };
-    if let Some(message) = refusal {
-        tracing::warn!(%message, "control request refused");
-        // Read (and ignore) the request before answering, within the same bounds as
-        // any other: a client that is still writing when we close would see EPIPE
-        // instead of the reason.
-        let _ = read_request(&mut stream).await;
-        let _ = send(&mut stream, &Reply::Error { message }).await;
+fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
+    if channel.set_timeout(Some(REQUEST_TIMEOUT)).is_err() {
         return;
     }
-    let request = match read_request(&mut stream).await {
-        Ok(request) => request,
-        Err(message) => {
-            tracing::warn!(%message, "bad control request");
-            let _ = send(&mut stream, &Reply::Error { message }).await;
+    let request = match wire::accept(channel, &Allowed::default(), Offer::this_version(&[])) {
+        Ok((request, _)) => request,
+        Err(error) => {
+            tracing::warn!(%error, "control request refused");
             return;
         }
     };
+    let request = match request {
+        WireRequest::Upgrade => Request::Upgrade,
+        WireRequest::Status => Request::Status,
+        WireRequest::Stop => Request::Stop,
+        WireRequest::Takeover => {
+            channel.refuse(&handover_wire::Error::Unexpected(
+                "this is a supervisor's control socket: it hands its sockets to its own \
+                 children; start a new version with `handover upgrade`"
+                    .into(),
+            ));
+            return;
+        }
+    };
+    // The answer may take as long as an upgrade does: only sends are bounded.
+    let _ = channel.set_timeout(None);
     let (replies, mut receive) = mpsc::channel(16);
-    if orders.send((request, replies)).await.is_err() {
+    if orders.blocking_send((request, replies)).is_err() {
         return;
     }
-    while let Some(reply) = receive.recv().await {
+    while let Some(reply) = receive.blocking_recv() {
         let last = !matches!(reply, Reply::Progress { .. });
-        if send(&mut stream, &reply).await.is_err() || last {
+        if wire::reply(channel, &reply.to_wire()).is_err() || last {
             break; // written the answer, or the client went away (the request goes on)
         }
     }
     // Dropping `receive` tells the supervisor the answer is out (see Sender::closed).
-}
-
-async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    let mut line = Vec::new();
-    let mut limited = BufReader::new(stream).take(MAX_REQUEST as u64 + 1);
-    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(format!("no request within {REQUEST_TIMEOUT:?}")),
-        Ok(Err(error)) => return Err(format!("reading the request: {error}")),
-        Ok(Ok(_)) => {}
-    }
-    if line.len() > MAX_REQUEST {
-        return Err(format!("request larger than {MAX_REQUEST} bytes"));
-    }
-    serde_json::from_slice(&line).map_err(|e| {
-        format!(
-            "malformed request ({e}); expected one JSON line such as {{\"command\":\"status\"}}"
-        )
-    })
-}
-
-async fn send(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line).await
-}
-
-/// Client side: sends `request` to the supervisor at `path` and calls `on_reply`
-/// for each reply until the last one, which it returns.
-pub async fn request(
-    path: &Path,
-    request: Request,
-    mut on_reply: impl FnMut(&Reply),
-) -> io::Result<Reply> {
-    let mut stream = UnixStream::connect(path).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot reach the supervisor at {}: {e}", path.display()),
-        )
-    })?;
-    let mut line = serde_json::to_vec(&request).map_err(io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line).await?;
-    let mut lines = BufReader::new(stream).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.len() > MAX_REPLY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "reply too large",
-            ));
-        }
-        let reply: Reply = serde_json::from_str(&line)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        on_reply(&reply);
-        if !matches!(reply, Reply::Progress { .. }) {
-            return Ok(reply);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "the supervisor closed the connection without an answer",
-    ))
 }

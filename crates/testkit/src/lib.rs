@@ -46,6 +46,16 @@ impl Drop for Scratch {
     }
 }
 
+/// The wire-protocol test client (`fixtures/wire_client.py`): speaks, or fails
+/// to speak, handover's protocol to a takeover or control socket in one of its
+/// modes and prints what it got back.
+pub fn wire_client() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/wire_client.py"
+    ))
+}
+
 /// Waits for `condition` to return `Some`, checking every 5 ms, up to
 /// `timeout`; panics with `what` if it never does.
 pub fn wait_until<T>(what: &str, timeout: Duration, condition: impl FnMut() -> Option<T>) -> T {

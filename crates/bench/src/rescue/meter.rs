@@ -25,6 +25,90 @@ pub fn tick() -> Duration {
     ticks(1)
 }
 
+/// The on-CPU time of each thread of `pid` (`se.sum_exec_runtime` of
+/// `/proc/PID/task/TID/sched`, nanosecond resolution), by thread id; empty
+/// where the kernel does not provide it.
+pub fn thread_times(pid: u32) -> Vec<(u32, Duration)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let sched = std::fs::read_to_string(task.path().join("sched")).ok()?;
+            let ms: f64 = sched
+                .lines()
+                .find_map(|line| line.strip_prefix("se.sum_exec_runtime"))?
+                .trim_start_matches([' ', ':'])
+                .trim()
+                .parse()
+                .ok()?;
+            Some((tid, Duration::from_secs_f64(ms / 1e3)))
+        })
+        .collect()
+}
+
+/// A snapshot of a process's CPU time, both ways.
+#[derive(Debug, Clone, Default)]
+pub struct Cpu {
+    ticks: u64,
+    threads: Vec<(u32, Duration)>,
+}
+
+/// CPU time used between two snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUsed {
+    /// utime + stime, clock-tick resolution.
+    pub ticks: Duration,
+    /// Sum over threads of their on-CPU time; `None` if the kernel has no
+    /// per-thread figure, or a thread ended in between (its time is unknown).
+    pub exact: Option<Duration>,
+}
+
+impl CpuUsed {
+    /// The exact figure if there is one, else the tick-based one.
+    pub fn best(&self) -> Duration {
+        self.exact.unwrap_or(self.ticks)
+    }
+}
+
+impl Cpu {
+    /// `None` once `pid` is gone.
+    pub fn of(pid: u32) -> Option<Cpu> {
+        Some(Cpu {
+            ticks: cpu_ticks(pid)?,
+            threads: thread_times(pid),
+        })
+    }
+
+    /// What was used from `self` to `later`.
+    pub fn until(&self, later: &Cpu) -> CpuUsed {
+        let ended = self
+            .threads
+            .iter()
+            .any(|(tid, _)| !later.threads.iter().any(|(t, _)| t == tid));
+        let exact = (!ended && !later.threads.is_empty()).then(|| {
+            later
+                .threads
+                .iter()
+                .map(|(tid, now)| {
+                    let before = self
+                        .threads
+                        .iter()
+                        .find(|(t, _)| t == tid)
+                        .map_or(Duration::ZERO, |(_, d)| *d);
+                    now.saturating_sub(before)
+                })
+                .sum()
+        });
+        CpuUsed {
+            ticks: ticks(later.ticks.saturating_sub(self.ticks)),
+            exact,
+        }
+    }
+}
+
 /// `VmRSS` and `VmHWM` (peak RSS) of `pid`, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {

@@ -14,8 +14,9 @@
 //!    supervisor): one upgrade with no client connection (the baseline), then
 //!    `--held` idle keep-alive connections, an upgrade that holds and rescues
 //!    them: half send a request after the old child exited, half stay silent
-//!    until the rescue's idle timeout closes them. CPU = utime + stime of the
-//!    supervisor (`/proc/PID/stat`, clock-tick resolution) from the start of
+//!    until the rescue's idle timeout closes them. CPU = the supervisor's
+//!    threads' on-CPU time (`/proc/PID/task/*/sched`, nanoseconds; also
+//!    utime + stime of `/proc/PID/stat`, clock ticks) from the start of
 //!    `handover upgrade` until it returns (it waits for the rescue to end);
 //!    memory = `VmRSS` / `VmHWM` before and after.
 //! 3. **Time in the data path** (same runs): for each rescued request, from
@@ -40,7 +41,7 @@ use crate::procs;
 use crate::scratch::Scratch;
 use crate::stats::{ms, us, verdict, Spread};
 use client::Conn;
-use meter::Memory;
+use meter::{Cpu, CpuUsed, Memory};
 use subject::{Exit, Supervised};
 
 /// Target for the latency a rescue adds (issue 7).
@@ -238,15 +239,13 @@ fn open_and_get(supervised: &Supervised, n: usize, pid: u32) -> Result<Vec<Conn>
 #[derive(Debug, Default)]
 struct Big {
     /// CPU of an upgrade with no client connection.
-    cpu_baseline: Duration,
+    cpu_baseline: CpuUsed,
     /// CPU from the start of the upgrade until it returned.
-    cpu_total: Duration,
+    cpu_total: CpuUsed,
     /// … of which until the old child had exited (capture and watch).
-    cpu_to_exit: Duration,
+    cpu_to_exit: CpuUsed,
     /// … of which answering the requesting half.
-    cpu_answering: Duration,
-    /// … of which the rest (the silent half's idle timeout, closing).
-    cpu_rest: Duration,
+    cpu_answering: CpuUsed,
     before: Memory,
     after: Memory,
     fds_before: usize,
@@ -263,8 +262,8 @@ struct Big {
     problems: Problems,
 }
 
-fn cpu(pid: u32) -> Result<u64, String> {
-    meter::cpu_ticks(pid).ok_or_else(|| format!("the supervisor (pid {pid}) is gone"))
+fn cpu(pid: u32) -> Result<Cpu, String> {
+    Cpu::of(pid).ok_or_else(|| format!("the supervisor (pid {pid}) is gone"))
 }
 
 fn big_run(
@@ -290,7 +289,7 @@ fn big_run(
     let upgrade = supervised.upgrade()?;
     exit.wait(UPGRADE_TIMEOUT)?;
     let status = subject::wait_child(upgrade, UPGRADE_TIMEOUT)?;
-    out.cpu_baseline = meter::ticks(cpu(sup)? - start);
+    out.cpu_baseline = start.until(&cpu(sup)?);
     if !status.success() {
         out.problems
             .add(format!("baseline handover upgrade: {status}"));
@@ -348,10 +347,9 @@ fn big_run(
     if !status.success() {
         out.problems.add(format!("handover upgrade: {status}"));
     }
-    out.cpu_total = meter::ticks(end - start);
-    out.cpu_to_exit = meter::ticks(at_exit - start);
-    out.cpu_answering = meter::ticks(answered - answering);
-    out.cpu_rest = meter::ticks((end - at_exit).saturating_sub(answered - answering));
+    out.cpu_total = start.until(&end);
+    out.cpu_to_exit = start.until(&at_exit);
+    out.cpu_answering = answering.until(&answered);
     out.capture = subject::capture_line(&supervised.log_text(), old);
     out.counts = supervised.counts(old)?;
     supervised.stop()?;
@@ -444,6 +442,15 @@ fn counts_text(counts: &[serde_json::Value]) -> String {
     )
 }
 
+/// `1.234 ms (10 ms)`: the exact figure, and utime + stime in brackets.
+fn cpu_text(cpu: &CpuUsed) -> String {
+    let ticks = format!("{} ms", cpu.ticks.as_millis());
+    match cpu.exact {
+        Some(exact) => format!("{} ({ticks})", ms(exact)),
+        None => ticks,
+    }
+}
+
 fn report(args: &Args, machine: &str, others: f64, lat: &Latency, big: &[Big]) -> String {
     let tick = meter::tick();
     let mut out = format!(
@@ -509,32 +516,45 @@ fn report(args: &Args, machine: &str, others: f64, lat: &Latency, big: &[Big]) -
     ));
 
     // 2. CPU and memory.
+    let exact = big.iter().all(|b| {
+        [b.cpu_baseline, b.cpu_total, b.cpu_to_exit, b.cpu_answering]
+            .iter()
+            .all(|c| c.exact.is_some())
+    });
     out.push_str(&format!(
         "\n#### 2. Supervisor CPU and memory with {} held connections\n\n\
          Each run on a fresh supervisor: an upgrade with no client connection (baseline), \
          then {} idle keep-alive connections and an upgrade that holds and rescues them: \
          {} send a `GET` after the old child exited, {} stay silent until the {} idle \
-         timeout. CPU: utime + stime of the supervisor (resolution {}), from the start of \
-         `handover upgrade` until it returned (the end of the rescue).\n\n\
-         | run | CPU, upgrade without connections | CPU, upgrade with rescue | … until the old child exited | … answering {} | … the rest | VmRSS before | VmHWM before | VmHWM after (peak) | VmRSS after | fds before / held / after | upgrade took |\n\
+         timeout. CPU of the supervisor from the start of `handover upgrade` until it \
+         returned (the end of the rescue): {}; in brackets utime + stime of \
+         `/proc/PID/stat` (resolution {}).\n\n\
+         | run | CPU, upgrade without connections | CPU, upgrade with rescue | … until the old child exited | … answering {} | extra CPU per held connection | VmRSS before | VmHWM before | VmHWM after (peak) | VmRSS after | fds before / held / after | upgrade took |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.held,
         args.held,
         args.held / 2,
         args.held - args.held / 2,
         humantime::format_duration(args.rescue_idle),
+        if exact {
+            "the sum of its threads' on-CPU time (`se.sum_exec_runtime` of \
+             `/proc/PID/task/*/sched`)"
+        } else {
+            "utime + stime (some per-thread figures were missing)"
+        },
         ms(tick),
         args.held / 2,
     ));
     for (i, b) in big.iter().enumerate() {
+        let extra = b.cpu_total.best().saturating_sub(b.cpu_baseline.best()) / args.held as u32;
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |\n",
             i + 1,
-            ms(b.cpu_baseline),
-            ms(b.cpu_total),
-            ms(b.cpu_to_exit),
-            ms(b.cpu_answering),
-            ms(b.cpu_rest),
+            cpu_text(&b.cpu_baseline),
+            cpu_text(&b.cpu_total),
+            cpu_text(&b.cpu_to_exit),
+            cpu_text(&b.cpu_answering),
+            us(extra),
             meter::mib(b.before.rss_kib),
             meter::mib(b.before.hwm_kib),
             meter::mib(b.after.hwm_kib),

@@ -154,7 +154,8 @@ pub async fn run(config: Config) -> Result<i32, String> {
     })?;
     let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
     let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
-    tokio::spawn(control::serve(listener, orders_tx));
+    control::serve(listener, orders_tx)
+        .map_err(|e| format!("cannot serve the control socket: {e}"))?;
     if let Some(path) = &config.pid_file {
         handover::pidfile::write(path, std::process::id())
             .map_err(|e| format!("cannot write PID file {}: {e}", path.display()))?;
