@@ -108,6 +108,7 @@ impl Error {
 
 /// Why a successor was not committed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SuccessorFailure {
     /// It exited with this status before sending `READY=1`.
     #[error("exited with status {0} before it was ready")]
@@ -121,6 +122,10 @@ pub enum SuccessorFailure {
     /// The process was told to stop while waiting; the successor was killed.
     #[error("was abandoned because this process is stopping")]
     Aborted,
+    /// Waiting for it failed (the notify socket or `waitpid` broke); it was
+    /// killed.
+    #[error("could not be watched ({0}) and was killed")]
+    Lost(String),
 }
 
 /// Shorthand for results of this crate.

@@ -1,23 +1,5 @@
-//! The upgrade state machine.
-//!
-//! ```text
-//!             ready()            upgrade()                 READY=1
-//!  Starting ─────────▶ Serving ───────────▶ Upgrading ──────────────▶ Draining(Upgraded)
-//!      │                 ▲  │  (spawning,       │                         │
-//!      │                 │  │   waiting ready)  │ exited / killed /       │ connections = 0
-//!      │                 │  │                   │ timeout / stop          │ or deadline
-//!      │                 └──┼───────────────────┘ (kill, reap: rollback)  ▼
-//!      │                    │ stop()                                    exit
-//!      └────────────────────┴──────────────────▶ Draining(Stop | Exit) ──▶ exit
-//! ```
-//!
-//! While `Upgrading`, both processes accept on the same sockets, so there is no
-//! accept gap. Only one upgrade runs at a time; a second request gets
-//! [`Error::UpgradeInProgress`]. On rollback the old process never stopped
-//! accepting, so it simply goes on. On commit it writes the successor's pid to the
-//! PID file, tells systemd `MAINPID=<successor>` + `READY=1`, and only then issues
-//! the drain order (after which the application may exit at any moment) and drops
-//! its copies of the sockets.
+//! The upgrade state machine: [`Phase`] and its transitions (its diagram is on
+//! [`Phase`]), the re-exec upgrade, and the commit shared with the takeover.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -34,9 +16,32 @@ use crate::protocol::{
 };
 use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
-/// Where a process is in its life; see [`Handover::phase`] and the state machine
-/// in `docs/ARCHITECTURE.md`.
+/// Where a process is in its life ([`Handover::phase`]).
+///
+/// ```text
+///                  ready()            upgrade() / a takeover request      READY=1 / `ready`
+///   Starting ─────────────▶ Serving ───────────────────────────▶ Upgrading ───────────────▶ Draining(Upgraded)
+///      │                      ▲  │                                 │                            │
+///      │                      │  │     rollback: exited / killed / │                            │ connections = 0
+///      │                      └──┼─── timeout / disconnected ──────┘                            │ or deadline
+///      │                         │   (keep serving)                                             ▼
+///      │      stop() / SIGTERM   ▼                                                            exit
+///      └────────────────────▶ Draining(Stop | Exit) ─── connections = 0 or deadline ────────▶ exit
+///                                ▲
+///      Upgrading ── stop() ──────┘   (successor killed and reaped: `Aborted`; a takeover: refused)
+/// ```
+///
+/// While `Upgrading`, both processes accept on the same sockets, so there is
+/// no accept gap; only one upgrade or takeover runs at a time, a second gets
+/// [`Error::UpgradeInProgress`] (a takeover: `busy`). On rollback the old
+/// process never stopped accepting, so it simply goes on. On commit it writes
+/// the successor's pid to the PID file, tells systemd `MAINPID=<successor>` +
+/// `READY=1`, and only then issues the drain order (after which the
+/// application may exit at any moment) and drops its copies of the sockets.
+/// `Phase` and the [`crate::DrainSignal`] order say the same thing about
+/// draining: both are written together, under the phase lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Claiming sockets, not yet ready.
     Starting,
@@ -153,50 +158,50 @@ fn run(inner: &Inner) -> Result<u32> {
     }
     tracing::info!(successor = pid, "upgrade: waiting for READY=1");
     let started = Instant::now();
-    match wait_ready(
-        inner,
-        &successor,
-        &receiver,
-        started + inner.config.ready_timeout,
-    ) {
-        Ok(()) => {}
-        Err(Some(why))
-            if matches!(
-                why,
-                SuccessorFailure::Exited(_) | SuccessorFailure::Signaled(_)
-            ) =>
-        {
-            return Err(Error::SuccessorFailed { pid, why });
-        }
-        Err(why) => {
+    let deadline = started + inner.config.ready_timeout;
+    match wait_ready(inner, &successor, &receiver, deadline) {
+        Waited::Ready => commit(inner, successor, started.elapsed()),
+        Waited::Gone(why) => Err(Error::SuccessorFailed { pid, why }),
+        Waited::MustKill(why) => {
             successor.kill_and_reap();
-            let why = why.unwrap_or(SuccessorFailure::Timeout(inner.config.ready_timeout));
-            return Err(Error::SuccessorFailed { pid, why });
+            Err(Error::SuccessorFailed { pid, why })
         }
     }
-    commit(inner, successor, started.elapsed())
 }
 
-/// Waits for `READY=1`. `Err(Some(Exited|Signaled))` means the successor is gone
-/// and reaped; any other error means it must be killed.
+/// How the wait for a successor's `READY=1` ended.
+enum Waited {
+    Ready,
+    /// It exited or was killed: already reaped.
+    Gone(SuccessorFailure),
+    /// It is still running and must be killed: timeout, stop, or a broken watch.
+    MustKill(SuccessorFailure),
+}
+
+/// Waits for `READY=1`, checking between slices whether the successor exited
+/// or a stop arrived.
 fn wait_ready(
     inner: &Inner,
     successor: &Child,
     receiver: &NotifyReceiver,
     deadline: Instant,
-) -> std::result::Result<(), Option<SuccessorFailure>> {
+) -> Waited {
     loop {
-        if let Some(gone) = successor.exited().map_err(|_| None)? {
-            return Err(Some(gone.into()));
+        match successor.exited() {
+            Ok(Some(gone)) => return Waited::Gone(gone.into()),
+            Ok(None) => {}
+            Err(error) => {
+                return Waited::MustKill(SuccessorFailure::Lost(format!("waitpid: {error}")))
+            }
         }
         if inner.drain.is_draining() {
-            return Err(Some(SuccessorFailure::Aborted));
+            return Waited::MustKill(SuccessorFailure::Aborted);
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return Err(None);
+            return Waited::MustKill(SuccessorFailure::Timeout(inner.config.ready_timeout));
         };
         match receiver.recv(left.min(POLL_SLICE)) {
-            Ok(Some(Ok(message))) if message.is_ready() => return Ok(()),
+            Ok(Some(Ok(message))) if message.is_ready() => return Waited::Ready,
             Ok(Some(Ok(message))) => {
                 tracing::debug!(pid = successor.pid(), %message, "successor says")
             }
@@ -205,8 +210,7 @@ fn wait_ready(
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(%error, "notify socket failed");
-                return Err(None);
+                return Waited::MustKill(SuccessorFailure::Lost(format!("notify socket: {error}")))
             }
         }
     }

@@ -7,7 +7,7 @@
 //! API clients, any non-idempotent request) reports a failure. The supervisor
 //! is the parent of the old child, so it can prevent that:
 //!
-//! 1. **Capture** ([`capture`]): just before the stop signal, the supervisor
+//! 1. **Capture** (`capture.rs`): just before the stop signal, the supervisor
 //!    takes its own duplicate of every client connection the old child and its
 //!    descendants hold on the supervisor's TCP listeners (`pidfd_getfd`). A
 //!    socket ends only when its last descriptor closes, so when the child then
@@ -17,10 +17,10 @@
 //!    looks which of them the child's processes still hold (`/proc/PID/fd`) and
 //!    at each connection's kernel counters. It never reads a connection the
 //!    child still holds.
-//! 3. **Verdict** ([`verdict`]) when the child lets go of one: released (the
+//! 3. **Verdict** (`verdict.rs`) when the child lets go of one: released (the
 //!    child finished it), rescued, or lost (the child read part of a request and
 //!    left; nobody can answer it).
-//! 4. **Relay** ([`relay`]): a rescued connection's next request goes to the
+//! 4. **Relay** (`relay.rs`): a rescued connection's next request goes to the
 //!    new child over a fresh connection through the listener, which steering
 //!    sends to the new child, and the response comes back on the client's own
 //!    connection with `Connection: close` — so the client's next connection
@@ -35,7 +35,7 @@
 //!                                        └─ child sent its FIN ─▶ Release (while it still holds it)
 //! ```
 //!
-//! Ownership: the duplicates belong to one [`watch`] task per upgrade; a
+//! Ownership: the duplicates belong to one `watch` task per upgrade; a
 //! relay task owns each rescued connection; the event loop only receives the
 //! final [`Counts`]. The supervisor closes its duplicates with `close()` and
 //! never calls `shutdown()` on a connection a child still holds (that would act
