@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// How long a rescued connection may stay silent before it is closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     rescue_idle: Duration,
+    /// How long the old child's idle connections receive nothing after its
+    /// stop signal (their data is held back, then retransmitted), so that a
+    /// server closing them cannot read half a request first; 0 turns it off.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    rescue_hold: Duration,
     /// Write the supervisor's pid here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
@@ -111,6 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rescue: (!args.no_rescue).then_some(handover_supervisor::rescue::Settings {
             max: args.rescue_max,
             idle: args.rescue_idle,
+            hold: args.rescue_hold,
         }),
     };
     // One thread: the supervisor is idle almost always and must stay small.

@@ -387,3 +387,59 @@ fn a_thousand_idle_keep_alive_connections_are_all_rescued_or_released_and_nothin
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
 }
+
+/// A server that, at its stop signal, reads the start of whatever arrived on an
+/// idle connection and closes it: the request a client sends in that moment is
+/// lost — unless the rescue holds the idle connections' data back while the
+/// child decides (`--rescue-hold`). Without the hold, the same test fails.
+fn request_in_the_closing_moment(
+    hold: &str,
+) -> (
+    std::io::Result<run_support::http::Response>,
+    serde_json::Value,
+) {
+    let marker_dir = Scratch::new("hasty-marker");
+    let marker = marker_dir.path("stopping");
+    let server = fixture("hasty_server.py");
+    let supervisor = Supervisor::start(
+        "rescue-hold",
+        &["--ready", "tcp", "--rescue-hold", hold],
+        &[
+            "python3",
+            server.to_str().unwrap(),
+            marker.to_str().unwrap(),
+        ],
+    );
+    let mut client = Connection::open(supervisor.addr);
+    client.get("/").unwrap();
+    let upgrade = supervisor.upgrade_in_background();
+    wait_until(
+        "the old child's stop signal",
+        Duration::from_secs(20),
+        || marker.exists().then_some(()),
+    );
+    // The old child got its stop signal and will look at its connections in
+    // 50 ms: a request now is the one that races it.
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = client.response();
+    upgrade_output(upgrade);
+    (answer, last_counts(&supervisor))
+}
+
+#[test]
+fn a_request_racing_the_old_childs_close_is_held_back_and_rescued() {
+    let _turn = turn();
+    let (answer, counts) = request_in_the_closing_moment("100ms");
+    let answer = answer.expect("the request is answered");
+    assert_eq!(answer.status, 200);
+    assert!(answer.closes());
+    assert_eq!(counts["rescued"], 1, "{counts}");
+    assert_eq!(counts["lost"], 0, "{counts}");
+    // Without the hold, the child reads half of it: lost.
+    let (answer, counts) = request_in_the_closing_moment("0s");
+    assert!(
+        answer.is_err(),
+        "without the hold the request is lost: {answer:?}"
+    );
+    assert_eq!(counts["lost"], 1, "{counts}");
+}

@@ -11,8 +11,9 @@
 //!    `std::process::Command` cannot write the child's pid into its environment, so
 //!    [`fork_exec`] forks and execs itself. Between `fork` and `execve` the child
 //!    runs only async-signal-safe calls on memory prepared before the fork.
-//! 3. **Two Linux socket options no crate wraps**: attaching a classic BPF
-//!    program to a SO_REUSEPORT group (for [`crate::sockets::reuseport`]), and
+//! 3. **Linux socket options no crate wraps**: attaching a classic BPF
+//!    program to a SO_REUSEPORT group (for [`crate::sockets::reuseport`]) or
+//!    as a socket filter, and detaching it (for [`crate::sockets::hold`]), and
 //!    reading `TCP_INFO` (a listener's accept-queue length, a connection's byte
 //!    counters: [`crate::sockets::tcp_info`]).
 
@@ -257,11 +258,13 @@ unsafe fn child_after_fork(
     fail(report)
 }
 
-/// Attaches the classic BPF `program` to the SO_REUSEPORT group of `fd`
-/// (`SO_ATTACH_REUSEPORT_CBPF`, Linux >= 4.5), replacing the group's program.
+/// Attaches the classic BPF `program` to `fd` as socket `option`:
+/// `SO_ATTACH_REUSEPORT_CBPF` (Linux >= 4.5: the program of `fd`'s SO_REUSEPORT
+/// group, replacing it) or `SO_ATTACH_FILTER` (a filter on what `fd` receives).
 #[cfg(target_os = "linux")]
-pub(crate) fn attach_reuseport_cbpf(
+pub(crate) fn attach_cbpf(
     fd: BorrowedFd<'_>,
+    option: libc::c_int,
     program: &[libc::sock_filter],
 ) -> io::Result<()> {
     let fprog = libc::sock_fprog {
@@ -275,9 +278,30 @@ pub(crate) fn attach_reuseport_cbpf(
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
+            option,
             std::ptr::addr_of!(fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes the socket filter of `fd` (`SO_DETACH_FILTER`).
+#[cfg(target_os = "linux")]
+pub(crate) fn detach_filter(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let unused: libc::c_int = 0;
+    // SAFETY: the option takes an int the kernel ignores; `unused` outlives the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_FILTER,
+            std::ptr::addr_of!(unused).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if result == 0 {

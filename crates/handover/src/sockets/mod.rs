@@ -19,6 +19,8 @@
 
 mod bind;
 #[cfg(target_os = "linux")]
+pub mod hold;
+#[cfg(target_os = "linux")]
 pub mod reuseport;
 #[cfg(target_os = "linux")]
 pub mod tcp_info;

@@ -91,7 +91,11 @@ pub fn bind_member(address: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 /// follows `route`. `address` is the group's address (its family decides how the
 /// program reads the packet).
 pub fn steer(member: BorrowedFd<'_>, address: SocketAddr, route: &Route) -> io::Result<()> {
-    sys::attach_reuseport_cbpf(member, &program(address.is_ipv6(), route))
+    sys::attach_cbpf(
+        member,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &program(address.is_ipv6(), route),
+    )
 }
 
 /// How many connections wait in `listener`'s accept queue: for a listening

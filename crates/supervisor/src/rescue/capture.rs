@@ -54,6 +54,29 @@ pub struct Held {
     /// Index into the targets.
     pub target: usize,
     pub track: Track,
+    /// Whether its incoming data is held back ([`handover::sockets::hold`]):
+    /// it was idle when taken.
+    pub held_back: bool,
+}
+
+impl Held {
+    /// Lets its incoming data through again (the peer retransmits what was
+    /// held back).
+    pub fn let_data_through(&mut self) {
+        if std::mem::take(&mut self.held_back) {
+            if let Err(error) = handover::sockets::hold::release(self.fd.as_fd()) {
+                tracing::warn!(%error, "cannot release a held-back connection");
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The filter is the socket's: a child that still holds the connection
+        // must not be left unable to receive.
+        self.let_data_through();
+    }
 }
 
 /// A process of the old child's tree that held at least one of them.
@@ -71,9 +94,15 @@ pub struct Captured {
 }
 
 /// Takes a duplicate of every client connection on `targets` held by `pids`
-/// (the old child and its descendants), at most `limit`. The error says why
+/// (the old child and its descendants), at most `limit`; with `hold_idle`,
+/// holds back the incoming data of the idle ones. The error says why
 /// nothing can be taken from this child at all.
-pub fn capture(pids: &[u32], targets: &[Target], limit: usize) -> Result<Captured, String> {
+pub fn capture(
+    pids: &[u32],
+    targets: &[Target],
+    limit: usize,
+    hold_idle: bool,
+) -> Result<Captured, String> {
     let mut captured = Captured {
         held: Vec::new(),
         processes: Vec::new(),
@@ -129,11 +158,17 @@ pub fn capture(pids: &[u32], targets: &[Target], limit: usize) -> Result<Capture
             let Ok(info) = connection_info(fd.as_fd()) else {
                 continue;
             };
+            let track = Track::start(&info);
+            // An idle connection's next request is held back until the child
+            // has closed it or kept it: then no child can have read half of it.
+            let held_back =
+                hold_idle && track.idle(&info) && handover::sockets::hold::hold(fd.as_fd()).is_ok();
             captured.held.push(Held {
                 fd,
                 inode,
                 target,
-                track: Track::start(&info),
+                track,
+                held_back,
             });
         }
         if captured.held.len() > before {

@@ -12,6 +12,14 @@
 //!    descendants hold on the supervisor's TCP listeners (`pidfd_getfd`). A
 //!    socket ends only when its last descriptor closes, so when the child then
 //!    closes an idle connection, nothing reaches the client: no FIN, no reset.
+//!    The incoming data of connections idle at that moment is held back for
+//!    `--rescue-hold` (100 ms; a socket filter, [`handover::sockets::hold`]): a server that
+//!    closes its idle connections at the stop signal (Go's `Shutdown`) would
+//!    otherwise, now and then, read the start of a request in the very
+//!    microseconds it decides the connection is idle, and that request would
+//!    be lost with it. Held back, the request reaches whoever holds the
+//!    connection after the hold: the supervisor (relay) or a child that kept
+//!    it, one retransmission (~200 ms) later.
 //! 2. **Watch** (this module): every 2 ms while the child is letting go of
 //!    connections (backing off to 32 ms when nothing changes), the supervisor
 //!    looks which of them the child's processes still hold (`/proc/PID/fd`) and
@@ -45,7 +53,7 @@
 //! fails with the reason and the upgrade goes on as without rescue.
 
 mod capture;
-mod http1;
+pub mod http1;
 mod relay;
 mod verdict;
 
@@ -72,6 +80,9 @@ pub struct Settings {
     pub max: usize,
     /// How long a rescued connection may stay silent before it is closed.
     pub idle: Duration,
+    /// How long the incoming data of connections idle at the capture is held
+    /// back (zero: not at all).
+    pub hold: Duration,
 }
 
 /// What became of the connections of one old child.
@@ -182,7 +193,7 @@ pub(crate) fn capture(
 ) -> Result<Option<Captured>, String> {
     let pids: Vec<u32> = crate::ownership::descendants(pid).into_iter().collect();
     let limit = settings.max.saturating_sub(in_use.now()).min(fd_room());
-    let captured = capture::capture(&pids, targets, limit)?;
+    let captured = capture::capture(&pids, targets, limit, !settings.hold.is_zero())?;
     Ok((!captured.held.is_empty() || captured.over_limit > 0).then_some(captured))
 }
 
@@ -218,8 +229,14 @@ pub(crate) async fn watch(
         ..
     } = captured;
     let mut relays = JoinSet::new();
-    let (mut interval, mut changed) = (LOOK_FAST, Instant::now());
+    let started = Instant::now();
+    let (mut interval, mut changed) = (LOOK_FAST, started);
     while !pending.is_empty() {
+        if started.elapsed() >= settings.hold {
+            for connection in &mut pending {
+                connection.let_data_through();
+            }
+        }
         let look = tokio::task::spawn_blocking(move || {
             let let_go = look(&mut pending, &mut processes);
             (pending, processes, let_go)
@@ -306,7 +323,9 @@ fn look(pending: &mut Vec<Held>, processes: &mut Vec<capture::Process>) -> Vec<(
             let_go.push((connection, verdict));
         } else if info.state.sent_fin() {
             // The child closed it properly and may close its fd later: ours
-            // goes now (close, not shutdown: the child's copy is untouched).
+            // goes now (close, not shutdown: the child's copy is untouched;
+            // the hold goes first, so the child can still read).
+            connection.let_data_through();
             let_go.push((connection, Verdict::Release));
         } else {
             connection.track.observe(&info);
@@ -317,8 +336,11 @@ fn look(pending: &mut Vec<Held>, processes: &mut Vec<capture::Process>) -> Vec<(
     let_go
 }
 
-fn into_stream(held: Held) -> std::io::Result<TcpStream> {
-    let stream = std::net::TcpStream::from(held.fd);
+fn into_stream(mut held: Held) -> std::io::Result<TcpStream> {
+    held.let_data_through();
+    let fd = held.fd.try_clone()?;
+    drop(held);
+    let stream = std::net::TcpStream::from(fd);
     // The child no longer holds this open file description: making it
     // non-blocking cannot surprise anyone.
     stream.set_nonblocking(true)?;

@@ -56,6 +56,13 @@ impl Track {
         }
     }
 
+    /// Whether the connection is between requests: the child answered what it
+    /// read and nothing waits unread — the moment a server closing its idle
+    /// connections would close it.
+    pub fn idle(&self, info: &ConnectionInfo) -> bool {
+        !self.owes && info.unread == 0 && info.state == TcpState::Established
+    }
+
     /// A later look.
     pub fn observe(&mut self, info: &ConnectionInfo) {
         if info.bytes_sent > self.sent {
