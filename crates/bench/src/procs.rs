@@ -13,7 +13,7 @@ use std::io;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use handover::protocol;
+use handover_mechanism::protocol;
 use rustix::process::{Pid, Signal, WaitOptions};
 
 /// Makes this process the reaper of its orphaned descendants.

@@ -8,6 +8,7 @@
 //!
 //! Each subcommand lives in its own module; this file only dispatches.
 
+#![forbid(unsafe_code)]
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

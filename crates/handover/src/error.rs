@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::env::EnvError;
+use handover_mechanism::protocol::env::EnvError;
 
 /// Everything that can go wrong; each message says what happened and what was kept.
 #[derive(Debug, thiserror::Error)]

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::child::Program;
-use crate::notify::{self, Upstream};
-use crate::protocol::env::{read_inheritance, InheritedFd, Origin};
-use crate::protocol::{HANDOVER_STATE, STATE_FD_NAME, TAKEOVER_FD_NAME};
 use crate::sockets::{Address, Registry, SocketKind, Source};
 use crate::upgrade::Phase;
 use crate::{
-    pidfile, signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error,
-    Result,
+    signals, Builder, ConnectionTracker, DrainOrder, DrainReason, DrainSignal, Error, Result,
 };
 use crate::{state, takeover};
+use handover_mechanism::child::Program;
+use handover_mechanism::notify::{self, Upstream};
+use handover_mechanism::pidfile;
+use handover_mechanism::protocol::env::{read_inheritance, InheritedFd, Origin};
+use handover_mechanism::protocol::{HANDOVER_STATE, STATE_FD_NAME, TAKEOVER_FD_NAME};
 use handover_wire::channel::{Channel, Listener};
 use std::os::fd::OwnedFd;
 
@@ -222,10 +222,7 @@ impl Handover {
         kind: SocketKind,
         address: &Address,
     ) -> Result<std::os::fd::OwnedFd> {
-        if name.is_empty()
-            || name.len() > 255
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-        {
+        if !handover_mechanism::protocol::valid_name(name) {
             return Err(Error::InvalidName(name.to_owned()));
         }
         self.inner.registry().claim(name, kind, address)

@@ -31,9 +31,12 @@
 //!
 //! # Life cycle
 //!
-//! See [`upgrade`](crate::Handover::upgrade) and the state machine in
-//! `docs/ARCHITECTURE.md`; the hand-off contract (systemd's `LISTEN_FDS` and
-//! `sd_notify`) is in `docs/PROTOCOL.md` and the [`protocol`] module.
+//! See [`upgrade`](crate::Handover::upgrade), [`takeover`] and the state
+//! machine on [`Phase`]; the hand-off contracts (systemd's `LISTEN_FDS` and
+//! `sd_notify` by inheritance, the wire protocol over a Unix socket) are in
+//! `docs/PROTOCOL.md`. The mechanism beneath — spawning, notify, socket checks —
+//! is the `handover-mechanism` crate, and the wire protocol `handover-wire`;
+//! an application needs neither.
 //!
 //! # Platform
 //!
@@ -42,21 +45,17 @@
 //! `cfg`-gated, so it is meant to build on macOS too, where systemd integration is
 //! meaningless and the listener check (`SO_ACCEPTCONN`) is skipped.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod beacon;
 mod builder;
-pub mod child;
 mod drain;
 mod error;
 mod handover;
-pub mod notify;
-pub mod pidfile;
-pub mod protocol;
 pub mod signals;
-pub mod sockets;
+mod sockets;
 pub mod state;
-mod sys;
 pub mod takeover;
 mod upgrade;
 

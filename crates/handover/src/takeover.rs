@@ -44,10 +44,10 @@ use handover_wire::{batch, hello, state, Message};
 use sd_notify::NotifyState;
 
 use crate::handover::Inner;
-use crate::protocol::env::InheritedFd;
-use crate::protocol::TAKEOVER_FD_NAME;
 use crate::upgrade::{commit_to, Phase};
 use crate::{Error, Handover, Result};
+use handover_mechanism::protocol::env::InheritedFd;
+use handover_mechanism::protocol::TAKEOVER_FD_NAME;
 
 /// The capability a process offers when it hands over state.
 const STATE: &str = "state";
@@ -183,20 +183,12 @@ pub(crate) fn bind(path: &Path) -> Result<Listener> {
                 .map_err(|e| failed(path, format!("cannot create {}: {e}", dir.display())))?;
         }
     }
-    if path.exists() {
-        match Channel::connect(path) {
-            Ok(_) => {
-                return Err(failed(
-                    path,
-                    "another process listens there; not stealing it",
-                ))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(|e| failed(path, e))?;
-            }
-            Err(error) => return Err(failed(path, format!("cannot replace it: {error}"))),
+    handover_mechanism::sockets::remove_stale_unix_socket(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            failed(path, "another process listens there; not stealing it")
         }
-    }
+        _ => failed(path, format!("cannot replace it: {e}")),
+    })?;
     let listener = Listener::bind(path).map_err(|e| failed(path, format!("cannot listen: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| failed(path, e))?;
@@ -355,7 +347,9 @@ fn take_over_by(
         *phase = Phase::Upgrading { successor: pid };
     }
     tracing::info!(peer = pid, "takeover: handing over");
-    inner.upstream.notify(&crate::upgrade::reloading());
+    inner
+        .upstream
+        .notify(&handover_mechanism::notify::reloading());
     let handed = hand_over(inner, channel, agreement, listener, pid).and_then(|took| {
         let phase = inner.phase();
         // A stop that arrived meanwhile wins: the new process is not committed.

@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::child::{self, Child, ExitStatus};
 use crate::handover::Inner;
-use crate::notify::NotifyReceiver;
-use crate::protocol::{
+use crate::{DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
+use handover_mechanism::child::{self, Child, ExitStatus};
+use handover_mechanism::notify::NotifyReceiver;
+use handover_mechanism::pidfile;
+use handover_mechanism::protocol::{
     HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_STATE, HANDOVER_UPSTREAM_NOTIFY_SOCKET,
     NOTIFY_SOCKET, STATE_FD_NAME, TAKEOVER_FD_NAME,
 };
-use crate::{pidfile, DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 
 /// Where a process is in its life ([`Handover::phase`]).
 ///
@@ -87,7 +88,9 @@ impl Handover {
             }
         }
         tracing::info!(program = %inner.program.path.display(), "upgrade: starting successor");
-        inner.upstream.notify(&reloading());
+        inner
+            .upstream
+            .notify(&handover_mechanism::notify::reloading());
         let result = run(inner);
         if result.is_err() {
             let mut phase = inner.phase();
@@ -98,14 +101,6 @@ impl Handover {
         }
         result
     }
-}
-
-pub(crate) fn reloading() -> Vec<NotifyState<'static>> {
-    let mut states = vec![NotifyState::Reloading];
-    if let Ok(now) = NotifyState::monotonic_usec_now() {
-        states.push(now);
-    }
-    states
 }
 
 fn run(inner: &Inner) -> Result<u32> {

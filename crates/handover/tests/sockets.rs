@@ -85,7 +85,7 @@ fn unix_listener_replaces_a_stale_file_but_not_a_live_server() {
         .unix_listener("control", &path)
         .unwrap_err();
     assert!(
-        error.to_string().contains("in use by a live server"),
+        error.to_string().contains("in use by a live process"),
         "{error}"
     );
     drop(live);

@@ -13,6 +13,7 @@
 //! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid --takeover /tmp/hello/takeover.sock
 //! ```
 
+#![forbid(unsafe_code)]
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;

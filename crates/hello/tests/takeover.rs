@@ -89,14 +89,10 @@ impl Takeover {
         text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
-    /// A takeover client of `mode` (see fixtures/takeover_client.py), its line.
+    /// A wire client of `mode` (see [`wire_client`]), its line.
     fn client(&self, mode: &str, uid: Option<u32>) -> String {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/takeover_client.py"
-        );
         let mut command = Command::new("python3");
-        command.arg(script).arg(&self.path).arg(mode);
+        command.arg(wire_client()).arg(&self.path).arg(mode);
         if let Some(uid) = uid {
             command.arg(uid.to_string());
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use handover::{Address, SocketKind};
+use handover_mechanism::sockets::{Address, SocketKind};
 
 /// The supervisor's configuration.
 #[derive(Debug, Clone)]
@@ -68,10 +68,7 @@ impl FromStr for Listen {
         let (name, addr) = spec
             .split_once('=')
             .ok_or_else(|| format!("{spec:?}: expected NAME=ADDR, e.g. web=127.0.0.1:8080"))?;
-        if name.is_empty()
-            || name.len() > 255
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-        {
+        if !handover_mechanism::protocol::valid_name(name) {
             return Err(format!(
                 "{name:?}: a name is 1-255 printable ASCII characters without ':'"
             ));
@@ -188,15 +185,7 @@ pub fn default_control_path(pid_file: Option<&Path>) -> PathBuf {
         name.push(".control");
         return PathBuf::from(name);
     }
-    match std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_dir())
-    {
-        Some(dir) => dir.join("handover.control"),
-        None => std::env::temp_dir()
-            .join(format!("handover-{}", rustix::process::getuid().as_raw()))
-            .join("handover.control"),
-    }
+    handover_mechanism::protocol::runtime_dir().join("handover.control")
 }
 
 #[cfg(test)]

@@ -87,17 +87,7 @@ pub fn bind(path: &Path) -> io::Result<Listener> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
-        match Channel::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} belongs to a running supervisor", path.display()),
-                ))
-            }
-            Err(_) => std::fs::remove_file(path)?,
-        }
-    }
+    handover_mechanism::sockets::remove_stale_unix_socket(path)?;
     let listener = Listener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

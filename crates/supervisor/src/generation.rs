@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handover::child::{self, Child, Program};
-use handover::notify::NotifyReceiver;
+use handover_mechanism::child::{self, Child, Program};
+use handover_mechanism::notify::NotifyReceiver;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
@@ -48,7 +48,7 @@ impl Generation {
         let mut env = Vec::new();
         if let Some(notify) = &notify {
             env.push((
-                handover::protocol::NOTIFY_SOCKET,
+                handover_mechanism::protocol::NOTIFY_SOCKET,
                 notify.path().as_os_str().to_owned(),
             ));
         }
@@ -125,7 +125,10 @@ fn substitute(arg: &OsString, sockets: &[(&str, BorrowedFd<'_>)]) -> OsString {
     };
     let mut text = text.to_owned();
     for (index, (name, _)) in sockets.iter().enumerate() {
-        text = text.replace(&format!("{{fd:{name}}}"), &(3 + index).to_string());
+        text = text.replace(
+            &format!("{{fd:{name}}}"),
+            &(handover_mechanism::protocol::LISTEN_FDS_START + index as i32).to_string(),
+        );
     }
     text.into()
 }

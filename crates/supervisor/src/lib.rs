@@ -3,7 +3,7 @@
 //!
 //! The supervisor binds the sockets once and starts the command with them as
 //! `LISTEN_FDS` / `LISTEN_FDNAMES` (fds 3, 4, …, `LISTEN_PID` = the child's own
-//! pid — the library's [`handover::child`]). On `SIGHUP`, `SIGUSR2` or
+//! pid — the library's [`handover_mechanism::child`]). On `SIGHUP`, `SIGUSR2` or
 //! `handover upgrade` it starts a new child with the sockets (for TCP, its own
 //! socket on the same address, see `steering`), waits until it is ready
 //! (`notify`: sd_notify `READY=1`; `http:PATH` / `tcp`: a probe answered by the
@@ -22,6 +22,7 @@
 //! `readiness`, [`ownership`] (/proc), [`rescue`] (keep-alive rescue),
 //! [`control`] (the control socket and its client), [`status`]. Linux only.
 
+#![forbid(unsafe_code)]
 pub mod config;
 pub mod control;
 mod generation;

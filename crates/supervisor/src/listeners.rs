@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use handover::{Address, SocketKind};
+use handover_mechanism::sockets::{Address, SocketKind};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Listen;
@@ -161,7 +161,7 @@ impl Listeners {
             .map(|(i, named)| SocketStatus {
                 name: named.name.clone(),
                 address: named.address.clone(),
-                fd: 3 + i as i32,
+                fd: handover_mechanism::protocol::LISTEN_FDS_START + i as i32,
             })
             .collect()
     }
@@ -221,7 +221,7 @@ fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {
             ),
         }
     }
-    let fd = handover::sockets::bind(listen.kind, &listen.address, BACKLOG)?;
+    let fd = handover_mechanism::sockets::bind(listen.kind, &listen.address, BACKLOG)?;
     let bound = socket2::SockRef::from(&fd)
         .local_addr()
         .ok()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use handover::protocol::message::{Message, MAX_MESSAGE_LEN};
+use handover_mechanism::protocol::message::{Message, MAX_MESSAGE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ReadyMode;

@@ -8,7 +8,7 @@
 //! had not read yet: their clients see a reset. With a socket per epoch the
 //! supervisor first steers new connections to the new child, waits until the old
 //! child has accepted what was already queued for it, and only then sends the
-//! stop signal. See [`handover::sockets::reuseport`] for the kernel side.
+//! stop signal. See [`handover_mechanism::sockets::reuseport`] for the kernel side.
 //!
 //! ```text
 //!  upgrade starts    add(B): [A, B], route → A       (B gets nothing yet)
@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use handover::sockets::reuseport::{self, Route};
+use handover_mechanism::sockets::reuseport::{self, Route};
 
 /// The listening sockets of one name, one per epoch, in the kernel's order.
 pub struct Group {

@@ -10,6 +10,7 @@
 //! writing while another thread forks is inherited by that child until it execs,
 //! and exec'ing the file meanwhile fails with ETXTBSY ("Text file busy").
 
+#![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

@@ -255,13 +255,7 @@ impl Message {
     }
 }
 
-/// A socket name: 1 to 255 printable ASCII characters other than `:` (the
-/// `LISTEN_FDNAMES` separator).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-}
+pub use handover_mechanism::protocol::valid_name;
 
 fn check_capabilities(capabilities: &[String]) -> Result<(), Error> {
     if capabilities.len() > MAX_CAPABILITIES

@@ -17,76 +17,14 @@
 //! Sockets inherited but not claimed by [`crate::Handover::ready`] are closed, and
 //! the log says which.
 
-mod bind;
-#[cfg(target_os = "linux")]
-pub mod hold;
-#[cfg(target_os = "linux")]
-pub mod reuseport;
-#[cfg(target_os = "linux")]
-pub mod tcp_info;
-
-pub use bind::bind;
-
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 
-use crate::protocol::env::InheritedFd;
+use handover_mechanism::protocol::env::InheritedFd;
+use handover_mechanism::sockets as bind;
+pub use handover_mechanism::sockets::{Address, SocketKind};
+
 use crate::{Error, Result};
-
-/// What kind of socket a name stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SocketKind {
-    /// A listening TCP socket.
-    TcpListener,
-    /// A bound UDP socket.
-    Udp,
-    /// A listening Unix-domain stream socket.
-    UnixListener,
-}
-
-impl fmt::Display for SocketKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SocketKind::TcpListener => "TCP listener",
-            SocketKind::Udp => "UDP socket",
-            SocketKind::UnixListener => "Unix listener",
-        })
-    }
-}
-
-/// Where a socket is bound.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// An IPv4 or IPv6 address and port.
-    Inet(SocketAddr),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
-
-impl Address {
-    /// Whether a socket bound at `self` serves a request for `wanted`.
-    fn serves(&self, wanted: &Address) -> bool {
-        match (self, wanted) {
-            (Address::Inet(have), Address::Inet(want)) => {
-                have.ip() == want.ip() && (want.port() == 0 || have.port() == want.port())
-            }
-            (Address::Unix(have), Address::Unix(want)) => have == want,
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Inet(addr) => write!(f, "{addr}"),
-            Address::Unix(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
 
 /// Where inherited sockets came from; decides what an address change means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use handover::sockets::tcp_info::connection_info;
+use handover_mechanism::sockets::tcp_info::connection_info;
 use rustix::io::Errno;
 use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
 
@@ -54,7 +54,7 @@ pub struct Held {
     /// Index into the targets.
     pub target: usize,
     pub track: Track,
-    /// Whether its incoming data is held back ([`handover::sockets::hold`]):
+    /// Whether its incoming data is held back ([`handover_mechanism::sockets::hold`]):
     /// it was idle when taken.
     pub held_back: bool,
 }
@@ -64,7 +64,7 @@ impl Held {
     /// held back).
     pub fn let_data_through(&mut self) {
         if std::mem::take(&mut self.held_back) {
-            if let Err(error) = handover::sockets::hold::release(self.fd.as_fd()) {
+            if let Err(error) = handover_mechanism::sockets::hold::release(self.fd.as_fd()) {
                 tracing::warn!(%error, "cannot release a held-back connection");
             }
         }
@@ -161,8 +161,9 @@ pub fn capture(
             let track = Track::start(&info);
             // An idle connection's next request is held back until the child
             // has closed it or kept it: then no child can have read half of it.
-            let held_back =
-                hold_idle && track.idle(&info) && handover::sockets::hold::hold(fd.as_fd()).is_ok();
+            let held_back = hold_idle
+                && track.idle(&info)
+                && handover_mechanism::sockets::hold::hold(fd.as_fd()).is_ok();
             captured.held.push(Held {
                 fd,
                 inode,

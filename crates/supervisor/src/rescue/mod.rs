@@ -13,7 +13,7 @@
 //!    socket ends only when its last descriptor closes, so when the child then
 //!    closes an idle connection, nothing reaches the client: no FIN, no reset.
 //!    The incoming data of connections idle at that moment is held back for
-//!    `--rescue-hold` (100 ms; a socket filter, [`handover::sockets::hold`]): a server that
+//!    `--rescue-hold` (100 ms; a socket filter, [`handover_mechanism::sockets::hold`]): a server that
 //!    closes its idle connections at the stop signal (Go's `Shutdown`) would
 //!    otherwise, now and then, read the start of a request in the very
 //!    microseconds it decides the connection is idle, and that request would
@@ -311,8 +311,9 @@ fn look(pending: &mut Vec<Held>, processes: &mut Vec<capture::Process>) -> Vec<(
     let mut let_go = Vec::new();
     let mut kept = Vec::with_capacity(pending.len());
     for mut connection in pending.drain(..) {
-        let info =
-            handover::sockets::tcp_info::connection_info(std::os::fd::AsFd::as_fd(&connection.fd));
+        let info = handover_mechanism::sockets::tcp_info::connection_info(
+            std::os::fd::AsFd::as_fd(&connection.fd),
+        );
         let Ok(info) = info else {
             let_go.push((connection, Verdict::Release)); // not a live socket any more
             continue;

@@ -21,7 +21,7 @@
 //! a child that answered one request and read half of the next within one
 //! look's interval is the case this cannot see.
 
-use handover::sockets::tcp_info::{ConnectionInfo, TcpState};
+use handover_mechanism::sockets::tcp_info::{ConnectionInfo, TcpState};
 
 /// What becomes of a connection the old child let go of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

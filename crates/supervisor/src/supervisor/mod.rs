@@ -15,10 +15,9 @@
 //! queued for it (or after [`HANDOFF_LIMIT`]), see [`crate::steering`].
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::time::{Duration, Instant, SystemTime};
 
-use handover::notify::NotifyState;
+use handover_mechanism::notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -125,7 +124,7 @@ enum Event {
 struct Supervisor {
     config: Config,
     listeners: Listeners,
-    upstream: Option<OsString>,
+    upstream: handover_mechanism::notify::Upstream,
     current: Option<Generation>,
     starting: Option<Starting>,
     draining: Vec<Draining>,
@@ -157,11 +156,11 @@ pub async fn run(config: Config) -> Result<i32, String> {
     control::serve(listener, orders_tx)
         .map_err(|e| format!("cannot serve the control socket: {e}"))?;
     if let Some(path) = &config.pid_file {
-        handover::pidfile::write(path, std::process::id())
+        handover_mechanism::pidfile::write(path, std::process::id())
             .map_err(|e| format!("cannot write PID file {}: {e}", path.display()))?;
     }
     let mut supervisor = Supervisor {
-        upstream: std::env::var_os(handover::protocol::NOTIFY_SOCKET),
+        upstream: handover_mechanism::notify::Upstream::from_env(),
         config,
         listeners,
         current: None,
@@ -463,11 +462,7 @@ impl Supervisor {
     }
 
     fn notify_upstream(&self, states: &[NotifyState<'_>]) {
-        if let Some(target) = &self.upstream {
-            if let Err(error) = handover::notify::send(target, states) {
-                tracing::warn!(%error, "cannot notify the service manager");
-            }
-        }
+        self.upstream.notify(states);
     }
 
     fn record_upgrade(&mut self, ok: bool, message: String) {
@@ -503,7 +498,7 @@ impl Supervisor {
             draining.generation.child.kill_and_reap();
         }
         if let Some(path) = &self.config.pid_file {
-            handover::pidfile::remove_if_holds(path, std::process::id());
+            handover_mechanism::pidfile::remove_if_holds(path, std::process::id());
         }
         let _ = std::fs::remove_file(&self.config.control);
     }

@@ -5,7 +5,7 @@
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use handover::notify::NotifyState;
+use handover_mechanism::notify::NotifyState;
 
 use super::{done, say, Client, Draining, Purpose, Rescue, Starting, Supervisor};
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
@@ -99,9 +99,7 @@ impl Supervisor {
             done(&client, false, format!("upgrade refused: {message}")).await;
             return;
         }
-        let mut reloading = vec![NotifyState::Reloading];
-        reloading.extend(NotifyState::monotonic_usec_now().ok());
-        self.notify_upstream(&reloading);
+        self.notify_upstream(&handover_mechanism::notify::reloading());
         let client_for_start = client.clone();
         match self.start(Purpose::Upgrade {
             client: client_for_start,

@@ -38,13 +38,29 @@ pub fn send(target: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC`, as systemd wants it at the start of a
+/// reload (an upgrade).
+pub fn reloading() -> Vec<NotifyState<'static>> {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    states
+}
+
 /// The service manager's notify socket, if the first process had one. Messages to
 /// it are best effort: a failure is logged, never fatal.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Upstream(pub(crate) Option<OsString>);
+pub struct Upstream(pub Option<OsString>);
 
 impl Upstream {
-    pub(crate) fn notify(&self, states: &[NotifyState<'_>]) {
+    /// The service manager of this process, if it has one (`NOTIFY_SOCKET`).
+    pub fn from_env() -> Upstream {
+        Upstream(std::env::var_os(crate::protocol::NOTIFY_SOCKET))
+    }
+
+    /// Sends `states`, best effort.
+    pub fn notify(&self, states: &[NotifyState<'_>]) {
         if let Some(target) = &self.0 {
             if let Err(error) = send(target, states) {
                 tracing::warn!(%error, ?states, "cannot notify the service manager");
@@ -62,14 +78,18 @@ pub struct NotifyReceiver {
 }
 
 impl NotifyReceiver {
-    /// Binds a fresh socket in a new 0700 directory under `$XDG_RUNTIME_DIR`, or
-    /// the temporary directory.
+    /// Binds a fresh socket in a new 0700 directory under
+    /// [`runtime_dir`](crate::protocol::runtime_dir).
     pub fn create() -> io::Result<Self> {
         static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        let base = crate::protocol::runtime_dir();
+        if !base.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&base)?;
+        }
         let dir = base.join(format!(
             "handover-{}-{}",
             std::process::id(),
@@ -92,10 +112,7 @@ impl NotifyReceiver {
     }
 
     /// Waits up to `timeout` for one datagram. `Ok(None)` on timeout.
-    pub(crate) fn recv(
-        &self,
-        timeout: Duration,
-    ) -> io::Result<Option<Result<Message, MessageError>>> {
+    pub fn recv(&self, timeout: Duration) -> io::Result<Option<Result<Message, MessageError>>> {
         self.socket
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];

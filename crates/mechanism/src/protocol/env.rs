@@ -124,24 +124,30 @@ pub enum Origin {
 
 /// A socket fd passed to this process, not yet claimed by name.
 #[derive(Debug)]
-pub(crate) struct InheritedFd {
+pub struct InheritedFd {
+    /// Its name (`LISTEN_FDNAMES`).
     pub name: String,
+    /// The descriptor, now owned.
     pub fd: OwnedFd,
+    /// Its number at start, for messages.
     pub number: i32,
 }
 
 /// Everything a process inherited.
 #[derive(Debug)]
-pub(crate) struct Inheritance {
+pub struct Inheritance {
+    /// The sockets, in fd order.
     pub sockets: Vec<InheritedFd>,
+    /// Who started this process.
     pub origin: Origin,
+    /// 0 for a first process, the parent's + 1 for a successor.
     pub generation: u64,
     /// The service manager's notify socket (systemd's `NOTIFY_SOCKET`).
     pub upstream_notify: Option<OsString>,
 }
 
 /// Reads the environment through `var` and adopts the listed fds.
-pub(crate) fn read_inheritance(
+pub fn read_inheritance(
     var: impl Fn(&'static str) -> Option<OsString>,
     my_pid: u32,
     parent_pid: Option<u32>,

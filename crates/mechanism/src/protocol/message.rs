@@ -1,7 +1,7 @@
 //! `sd_notify` messages: newline-separated `KEY=VALUE` assignments in one datagram.
 //!
 //! ```
-//! use handover::protocol::message::Message;
+//! use handover_mechanism::protocol::message::Message;
 //!
 //! let msg = Message::parse(b"READY=1\nSTATUS=serving\n").unwrap();
 //! assert!(msg.is_ready());

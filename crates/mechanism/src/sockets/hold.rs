@@ -19,7 +19,7 @@
 //! use std::io::Write;
 //! use std::net::{TcpListener, TcpStream};
 //! use std::os::fd::AsFd;
-//! use handover::sockets::{hold, tcp_info::connection_info};
+//! use handover_mechanism::sockets::{hold, tcp_info::connection_info};
 //!
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
 //! let mut client = TcpStream::connect(listener.local_addr()?)?;

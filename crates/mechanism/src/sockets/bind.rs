@@ -53,16 +53,23 @@ fn bind_unix(path: &Path) -> io::Result<Socket> {
 }
 
 /// A socket file left by a process that is gone refuses connections: remove it.
-/// One that still accepts belongs to a live server: leave it and fail.
-fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+/// One that still accepts — of any socket type: a stream connect to a
+/// `SOCK_SEQPACKET` listener fails with `EPROTOTYPE` — belongs to a live
+/// process: leave it and fail with `AddrInUse`. Used for every Unix socket
+/// handover binds (named sockets, control sockets, takeover sockets).
+pub fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    let live = || {
+        Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("{} is in use by a live server", path.display()),
-        )),
+            format!("{} is in use by a live process", path.display()),
+        ))
+    };
+    match UnixStream::connect(path) {
+        Ok(_) => live(),
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => live(),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
         Err(e) => Err(e),
     }
@@ -70,7 +77,7 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
 
 /// Checks that `fd` is a socket of `kind`; returns its local address, or what is
 /// wrong in words ("is not a socket", "is a UDP socket, not a TCP listener", …).
-pub(crate) fn inspect(fd: &OwnedFd, kind: SocketKind) -> Result<Address, String> {
+pub fn inspect(fd: &OwnedFd, kind: SocketKind) -> Result<Address, String> {
     let sock = SockRef::from(fd);
     let ty = sock.r#type().map_err(|e| match e.raw_os_error() {
         Some(libc::ENOTSOCK) => "is not a socket".to_owned(),

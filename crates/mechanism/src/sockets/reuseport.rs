@@ -17,7 +17,7 @@
 //!
 //! ```
 //! # #[cfg(target_os = "linux")] {
-//! use handover::sockets::reuseport::{self, Route};
+//! use handover_mechanism::sockets::reuseport::{self, Route};
 //! use std::os::fd::AsFd;
 //!
 //! let (old, address) = reuseport::bind_first("127.0.0.1:0".parse().unwrap(), 128).unwrap();

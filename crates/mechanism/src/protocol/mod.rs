@@ -53,5 +53,27 @@ pub(crate) const HANDOFF_VARIABLES: &[&str] = &[
     HANDOVER_STATE,
 ];
 
+/// Whether `name` may name a socket: 1 to 255 printable ASCII characters other
+/// than `:` (the `LISTEN_FDNAMES` separator) — the one rule every part of
+/// handover applies.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// Where handover keeps its runtime sockets when not told: `$XDG_RUNTIME_DIR`
+/// if it is a directory, else a directory of this uid's under the temporary
+/// directory (`handover-UID`, created 0700 by whoever binds there first).
+pub fn runtime_dir() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+    {
+        Some(dir) => dir,
+        None => {
+            std::env::temp_dir().join(format!("handover-{}", rustix::process::getuid().as_raw()))
+        }
+    }
+}
+
 /// The first fd number of passed sockets.
 pub const LISTEN_FDS_START: i32 = 3;

@@ -1,7 +1,7 @@
 //! Starting a process with named sockets — the sending side of the hand-off
 //! contract — and watching it until it is committed, or killed and reaped.
 //!
-//! [`Handover::upgrade`](crate::Handover::upgrade) starts its successor with it,
+//! `Handover::upgrade` (in the `handover` crate) starts its successor with it,
 //! and a supervisor starts its children with it. The child gets fds 0–2 as they
 //! are, the named sockets as fds 3, 4, … in the order given, `LISTEN_FDS`,
 //! `LISTEN_FDNAMES` and `LISTEN_PID` (its own pid), the extra variables given,
@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use handover::child::{self, Program};
+//! use handover_mechanism::child::{self, Program};
 //!
 //! let web = std::net::TcpListener::bind("127.0.0.1:0")?;
 //! let program = Program::new("/usr/bin/my-server");

@@ -11,7 +11,7 @@
 //! use std::io::Write;
 //! use std::net::{TcpListener, TcpStream};
 //! use std::os::fd::AsFd;
-//! use handover::sockets::tcp_info::{connection_info, TcpState};
+//! use handover_mechanism::sockets::tcp_info::{connection_info, TcpState};
 //!
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
 //! let mut client = TcpStream::connect(listener.local_addr()?)?;
