@@ -5,6 +5,7 @@
 //! | `handoff` | one whole `upgrade()` handing over N named TCP listeners, N = 1000 and 1 |
 //! | `ready-to-stop` | successor's `ready()` → the old process's accept loop has stopped |
 //! | `latency` | p99 latency in upgrade windows vs steady state, and throughput, on `hello` |
+//! | `takeover` | the wire protocol's takeover: 1000 / 10 000 sockets, 64 MiB of state |
 //! | `rescue` | `handover run`'s keep-alive rescue: added latency, supervisor CPU / RSS, time in the data path |
 //! | `all` | the first three with their defaults, as one Markdown section |
 //!
@@ -14,6 +15,13 @@
 //!
 //! ```text
 //! cargo build --release -p hello -p handover-bench && target/release/handover-bench all
+//! ```
+//!
+//! `rescue` drives `handover run` (the `handover` binary next to this one) with
+//! the Go server of `crates/cli/tests/fixtures` (see [`rescue`]):
+//!
+//! ```text
+//! cargo build --release -p handover-cli -p handover-bench && target/release/handover-bench rescue
 //! ```
 //!
 //! Every process a benchmark starts is reaped before it returns (this process
@@ -33,6 +41,7 @@ mod rescue;
 mod results;
 mod scratch;
 mod stats;
+mod takeover;
 
 use std::process::ExitCode;
 
@@ -56,6 +65,8 @@ enum Command {
     Latency(latency::Args),
     /// Keep-alive rescue of `handover run`: added latency, supervisor CPU / RSS, data-path time.
     Rescue(rescue::Args),
+    /// The wire protocol's takeover: N sockets from connect to acknowledged, 64 MiB of state.
+    Takeover(takeover::Args),
     /// All three with default parameters, printed as one Markdown section.
     All,
     /// A generation of the `handoff` chain (started by `handoff`).
@@ -79,6 +90,7 @@ fn main() -> ExitCode {
             Command::ReadyToStop(args) => ready_to_stop::run(args),
             Command::Latency(args) => latency::run(args),
             Command::Rescue(args) => rescue::run(args),
+            Command::Takeover(args) => takeover::run(args),
             _ => all(),
         }),
     };
