@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use handover_loadgen::{FailureKind, LiveStats, LoadConfig, LoadThread, Mode, Report};
+use handover_loadgen::{FailureKind, LiveStats, LoadThread, Report};
 use rustix::process::Signal;
 use support::*;
 
@@ -131,19 +131,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 fn load(server: &Server) -> (LoadThread, LiveStats) {
-    let load = LoadThread::start(
-        LoadConfig::new(server.addr)
-            .connections(8)
-            .mode(Mode::Mixed)
-            .duration(Duration::from_secs(240))
-            .request_timeout(Duration::from_secs(10)),
-    );
-    let stats = load.stats();
-    assert!(
-        stats.wait_for_successes(100, Duration::from_secs(20)),
-        "load did not start"
-    );
-    (load, stats)
+    mixed_load(server.addr)
 }
 
 fn assert_no_failure(report: &Report, server: &Server) {

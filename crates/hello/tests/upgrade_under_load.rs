@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use handover_loadgen::{LoadConfig, LoadThread, Mode};
 use support::*;
 
 /// 8 clients that never retry — 4 opening a connection per request, 4 reusing
@@ -14,18 +13,7 @@ use support::*;
 #[test]
 fn twenty_upgrades_under_load_fail_no_request() {
     let mut server = Server::start("load", &["--startup-delay", "300ms"]);
-    let load = LoadThread::start(
-        LoadConfig::new(server.addr)
-            .connections(8)
-            .mode(Mode::Mixed)
-            .duration(Duration::from_secs(240))
-            .request_timeout(Duration::from_secs(10)),
-    );
-    let stats = load.stats();
-    assert!(
-        stats.wait_for_successes(100, Duration::from_secs(20)),
-        "load did not start"
-    );
+    let (load, stats) = mixed_load(server.addr);
     for round in 0..20 {
         let before = stats.successes();
         let (old, _new) = server.upgrade();

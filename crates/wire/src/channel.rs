@@ -53,12 +53,7 @@ impl Channel {
 
     /// Connects to the listening socket at `path`.
     pub fn connect(path: &Path) -> std::io::Result<Channel> {
-        let socket = net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let socket = seqpacket()?;
         net::connect(&socket, &SocketAddrUnix::new(path)?)?;
         Ok(Channel { socket })
     }
@@ -182,6 +177,16 @@ impl Channel {
     }
 }
 
+/// A new close-on-exec Unix `SOCK_SEQPACKET` socket.
+fn seqpacket() -> std::io::Result<OwnedFd> {
+    Ok(net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
 /// A listening `SOCK_SEQPACKET` socket at a path.
 #[derive(Debug)]
 pub struct Listener {
@@ -191,12 +196,7 @@ pub struct Listener {
 impl Listener {
     /// Listens at `path`, which must not exist.
     pub fn bind(path: &Path) -> std::io::Result<Listener> {
-        let socket = net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let socket = seqpacket()?;
         net::bind(&socket, &SocketAddrUnix::new(path)?)?;
         net::listen(&socket, 16)?;
         Ok(Listener { socket })

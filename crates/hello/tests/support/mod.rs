@@ -186,6 +186,25 @@ impl Drop for Server {
     }
 }
 
+/// 8 clients that never retry — 4 opening a connection per request, 4 reusing
+/// keep-alive connections — against `addr` for up to 4 minutes, once they have
+/// 100 answers.
+pub fn mixed_load(addr: SocketAddr) -> (handover_loadgen::LoadThread, handover_loadgen::LiveStats) {
+    let load = handover_loadgen::LoadThread::start(
+        handover_loadgen::LoadConfig::new(addr)
+            .connections(8)
+            .mode(handover_loadgen::Mode::Mixed)
+            .duration(Duration::from_secs(240))
+            .request_timeout(Duration::from_secs(10)),
+    );
+    let stats = load.stats();
+    assert!(
+        stats.wait_for_successes(100, Duration::from_secs(20)),
+        "load did not start"
+    );
+    (load, stats)
+}
+
 /// Puts a shell script at `path` by write and rename, as a deployment would.
 pub fn install_script_at(path: &Path, body: &str) {
     let staging = path.with_extension("staging");
