@@ -49,10 +49,11 @@ pub struct RunArgs {
     /// How long a rescued connection may stay silent before it is closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     rescue_idle: Duration,
-    /// How long the old child's idle connections receive nothing after its
-    /// stop signal (their data is held back, then retransmitted), so that a
-    /// server closing them cannot read half a request first; 0 turns it off.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    /// How long the old child's connections receive nothing after its stop
+    /// signal unless it closes one (their data is held back, then
+    /// retransmitted), so that a server closing its idle connections cannot
+    /// read half a request first; 0 turns it off.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     rescue_hold: Duration,
     /// Write the supervisor's pid here.
     #[arg(long)]

@@ -253,8 +253,9 @@ pub fn assert_clean(report: &serde_json::Value, supervisor: &Supervisor) {
     assert_eq!(
         report["failed"],
         0,
-        "failures: {}\nupgrades: {}\nsupervisor log:\n{}",
+        "failures: {}\nfirst failures: {}\nupgrades: {}\nsupervisor log:\n{}",
         report["failures"],
+        report["first_failures"],
         report["upgrades"],
         supervisor.log_text()
     );

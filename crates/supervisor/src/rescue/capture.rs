@@ -54,9 +54,11 @@ pub struct Held {
     /// Index into the targets.
     pub target: usize,
     pub track: Track,
-    /// Whether its incoming data is held back ([`handover_mechanism::sockets::hold`]):
-    /// it was idle when taken.
+    /// Whether its incoming data is held back ([`handover_mechanism::sockets::hold`]).
     pub held_back: bool,
+    /// Whether it was between requests when the child got its stop signal
+    /// (set then; see [`Track::idle`]).
+    pub idle_at_signal: bool,
 }
 
 impl Held {
@@ -94,14 +96,14 @@ pub struct Captured {
 }
 
 /// Takes a duplicate of every client connection on `targets` held by `pids`
-/// (the old child and its descendants), at most `limit`; with `hold_idle`,
-/// holds back the incoming data of the idle ones. The error says why
+/// (the old child and its descendants), at most `limit`; with `hold`, holds
+/// back their incoming data. The error says why
 /// nothing can be taken from this child at all.
 pub fn capture(
     pids: &[u32],
     targets: &[Target],
     limit: usize,
-    hold_idle: bool,
+    hold: bool,
 ) -> Result<Captured, String> {
     let mut captured = Captured {
         held: Vec::new(),
@@ -159,15 +161,15 @@ pub fn capture(
                 continue;
             };
             let track = Track::start(&info);
-            // An idle connection's next request is held back until the child
-            // has closed it or kept it: then no child can have read half of it.
-            let held_back = hold_idle
-                && track.idle(&info)
-                && handover_mechanism::sockets::hold::hold(fd.as_fd()).is_ok();
+            // What arrives now is held back until the child has closed the
+            // connection or shown that it keeps serving: then no child can
+            // have read half a request when it closes (see the watch).
+            let held_back = hold && handover_mechanism::sockets::hold::hold(fd.as_fd()).is_ok();
             captured.held.push(Held {
                 fd,
                 inode,
                 target,
+                idle_at_signal: track.idle(&info),
                 track,
                 held_back,
             });

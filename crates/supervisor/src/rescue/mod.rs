@@ -12,14 +12,17 @@
 //!    descendants hold on the supervisor's TCP listeners (`pidfd_getfd`). A
 //!    socket ends only when its last descriptor closes, so when the child then
 //!    closes an idle connection, nothing reaches the client: no FIN, no reset.
-//!    The incoming data of connections idle at that moment is held back for
-//!    `--rescue-hold` (100 ms; a socket filter, [`handover_mechanism::sockets::hold`]): a server that
-//!    closes its idle connections at the stop signal (Go's `Shutdown`) would
-//!    otherwise, now and then, read the start of a request in the very
-//!    microseconds it decides the connection is idle, and that request would
-//!    be lost with it. Held back, the request reaches whoever holds the
-//!    connection after the hold: the supervisor (relay) or a child that kept
-//!    it, one retransmission (~200 ms) later.
+//!    What the clients send from then on is held back (a socket filter,
+//!    [`handover_mechanism::sockets::hold`]): a server that closes its idle
+//!    connections at the stop signal (Go's `Shutdown`) would otherwise, now
+//!    and then, read the start of a request in the very microseconds it
+//!    decides the connection is idle, and that request would be lost with it.
+//!    The hold ends for a connection when the child lets go of it (the relay
+//!    gets the client's retransmission); for busy ones as soon as the child
+//!    has closed an idle one (it has swept: it finishes the busy ones itself);
+//!    for all if the child closes none within `--rescue-hold` (250 ms: it
+//!    keeps its idle connections and serves them); and after 2 s at most.
+//!    A request held back waits one retransmission (~200 ms) longer.
 //! 2. **Watch** (this module): every 2 ms while the child is letting go of
 //!    connections (backing off to 32 ms when nothing changes), the supervisor
 //!    looks which of them the child's processes still hold (`/proc/PID/fd`) and
@@ -124,13 +127,20 @@ impl Counts {
     }
 }
 
-/// The end of one old child's rescue, for the event loop.
+/// What a watch tells the event loop about old child `pid`.
 #[derive(Debug)]
-pub(crate) struct Report {
-    /// The old child's pid.
-    pub pid: u32,
-    pub counts: Counts,
+pub(crate) enum Report {
+    /// Its connections are between requests (or the wait is over): send the
+    /// stop signal now.
+    Settled { pid: u32 },
+    /// Every connection is accounted for.
+    Done { pid: u32, counts: Counts },
 }
+
+/// How long the stop signal may wait for the old child to finish the requests
+/// it is busy with (no new one reaches it: they are held back), so that it
+/// gets the signal with every connection between requests.
+const SETTLE_LIMIT: Duration = Duration::from_millis(250);
 
 /// How many connections every rescue holds at once, against
 /// [`Settings::max`]; shared by the event loop (which captures) and the watch
@@ -173,6 +183,10 @@ impl Drop for Slots {
         self.in_use.0.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
+
+/// The longest an idle connection's data is held back, even from a child
+/// that closes its idle connections but has not closed this one yet.
+const HOLD_CAP: Duration = Duration::from_secs(2);
 
 /// How often the child's hold is looked at while it is letting go of
 /// connections (servers close their idle ones right at the stop signal), and
@@ -231,9 +245,38 @@ pub(crate) async fn watch(
     let mut relays = JoinSet::new();
     let started = Instant::now();
     let (mut interval, mut changed) = (LOOK_FAST, started);
-    while !pending.is_empty() {
-        if started.elapsed() >= settings.hold {
+    // When the child got its stop signal (asked for once its connections have
+    // settled between requests, see SETTLE_LIMIT).
+    let mut signalled: Option<Instant> = None;
+    // Whether the child has closed a connection that was idle: it is a server
+    // that closes its idle connections at the stop signal, and has done so.
+    let mut swept = false;
+    loop {
+        if signalled.is_none()
+            && (pending.iter().all(|c| !c.track.owes()) || started.elapsed() >= SETTLE_LIMIT)
+        {
             for connection in &mut pending {
+                connection.idle_at_signal = !connection.track.owes();
+            }
+            signalled = Some(Instant::now());
+            let _ = reports.send(Report::Settled { pid });
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let since_signal = signalled.map_or(Duration::ZERO, |at| at.elapsed());
+        for connection in &mut pending {
+            // The hold lasts until the signal; then it ends for busy
+            // connections once the child has swept (it finishes them itself,
+            // saying Connection: close); for all once it is clear the child
+            // keeps its idle connections (no sweep within --rescue-hold); and
+            // at the latest after HOLD_CAP.
+            let keep = match (signalled, swept) {
+                (None, _) => true,
+                (Some(_), true) => connection.idle_at_signal && since_signal < HOLD_CAP,
+                (Some(_), false) => since_signal < settings.hold,
+            };
+            if !keep {
                 connection.let_data_through();
             }
         }
@@ -259,6 +302,10 @@ pub(crate) async fn watch(
             counts.add(outcome);
             slots.give_back();
         }
+        swept |= signalled.is_some()
+            && let_go
+                .iter()
+                .any(|(held, verdict)| held.idle_at_signal && *verdict == Verdict::Rescue);
         for (held, verdict) in let_go {
             match verdict {
                 Verdict::Release => {
@@ -297,7 +344,7 @@ pub(crate) async fn watch(
         slots.give_back();
     }
     tracing::info!(pid, %counts, "old child's connections");
-    let _ = reports.send(Report { pid, counts });
+    let _ = reports.send(Report::Done { pid, counts });
 }
 
 /// One look: the connections no process of the child holds any more, with

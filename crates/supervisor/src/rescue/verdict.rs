@@ -63,6 +63,12 @@ impl Track {
         !self.owes && info.unread == 0 && info.state == TcpState::Established
     }
 
+    /// Whether the child has read bytes it has not answered yet (it is busy
+    /// with a request).
+    pub fn owes(&self) -> bool {
+        self.owes
+    }
+
     /// A later look.
     pub fn observe(&mut self, info: &ConnectionInfo) {
         if info.bytes_sent > self.sent {

@@ -59,6 +59,8 @@ struct Draining {
     generation: Generation,
     /// Its client connections, held for the keep-alive rescue.
     rescue: Rescue,
+    /// Whether they were taken (or the taking failed): once per child.
+    capture_tried: bool,
     since: Instant,
     deadline: Instant,
     /// Whether the stop signal was sent (it waits for the hand-off).
@@ -82,6 +84,7 @@ impl Draining {
         Draining {
             generation,
             rescue: Rescue::NotTaken,
+            capture_tried: false,
             since: now,
             deadline: now + drain_timeout,
             stop_sent: false,
@@ -96,7 +99,10 @@ impl Draining {
 enum Rescue {
     /// Not taken (yet, or at all: off, stopping, not permitted).
     NotTaken,
-    /// A watch task holds its connections.
+    /// Its connections are held; the stop signal waits until the watch says
+    /// they have settled between requests, or until `until`.
+    Settling { until: Instant },
+    /// A watch task holds its connections; the stop signal was sent.
     Watching,
     /// Every connection is accounted for.
     Done(rescue::Counts),
@@ -322,7 +328,7 @@ impl Supervisor {
                         client: draining.client,
                     };
                     match draining.rescue {
-                        Rescue::Watching => self.settling.push(settling),
+                        Rescue::Watching | Rescue::Settling { .. } => self.settling.push(settling),
                         Rescue::Done(counts) => settle(settling, Some(counts)).await,
                         Rescue::NotTaken => settle(settling, None).await,
                     }
@@ -373,26 +379,35 @@ impl Supervisor {
         }
     }
 
-    /// A rescue has accounted for every connection of old child `pid`.
+    /// A rescue's connections have settled (the stop signal may go), or are
+    /// all accounted for.
     async fn rescued(&mut self, report: rescue::Report) {
-        let counts = report.counts;
+        let (pid, counts) = match report {
+            rescue::Report::Settled { pid } => {
+                if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid)
+                {
+                    if let Rescue::Settling { until } = &mut draining.rescue {
+                        *until = Instant::now();
+                    }
+                }
+                self.stop_handed_over().await;
+                return;
+            }
+            rescue::Report::Done { pid, counts } => (pid, counts),
+        };
         if let Some(record) = self
             .upgrades
             .iter_mut()
             .rev()
-            .find(|r| r.old_pid == Some(report.pid))
+            .find(|r| r.old_pid == Some(pid))
         {
             record.connections = Some(counts);
         }
-        if let Some(draining) = self
-            .draining
-            .iter_mut()
-            .find(|d| d.generation.pid() == report.pid)
-        {
+        if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid) {
             draining.rescue = Rescue::Done(counts);
             return;
         }
-        if let Some(at) = self.settling.iter().position(|s| s.pid == report.pid) {
+        if let Some(at) = self.settling.iter().position(|s| s.pid == pid) {
             settle(self.settling.remove(at), Some(counts)).await;
         }
     }
@@ -429,6 +444,9 @@ impl Supervisor {
         }
         for draining in &mut self.draining {
             draining.handoff_until = Instant::now(); // stop the old ones now too
+            if let Rescue::Settling { until } = &mut draining.rescue {
+                *until = Instant::now();
+            }
         }
         self.stop_handed_over().await;
         if fast {

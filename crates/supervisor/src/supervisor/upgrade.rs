@@ -233,13 +233,25 @@ impl Supervisor {
                     "old child has not accepted every connection queued for it; stopping it anyway"
                 );
             }
-            let rescue = if self.stopping {
-                Rescue::NotTaken // no successor to serve them
-            } else {
-                self.take_connections(pid, draining.deadline)
-            };
+            match draining.rescue {
+                // Taken: the signal waits for them to settle, or the limit.
+                Rescue::Settling { until } if now < until => continue,
+                Rescue::NotTaken if !self.stopping && !draining.capture_tried => {
+                    let rescue = self.take_connections(pid, draining.deadline);
+                    let draining = &mut self.draining[at];
+                    draining.capture_tried = true;
+                    let wait = matches!(rescue, Rescue::Settling { .. });
+                    draining.rescue = rescue;
+                    if wait {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
             let draining = &mut self.draining[at];
-            draining.rescue = rescue;
+            if matches!(draining.rescue, Rescue::Settling { .. }) {
+                draining.rescue = Rescue::Watching;
+            }
             draining.stop_sent = true;
             if let Err(error) = draining.generation.child.signal(self.config.stop_signal) {
                 tracing::warn!(%error, pid, "cannot signal the old child");
@@ -275,7 +287,10 @@ impl Supervisor {
                     self.rescue_in_use.clone(),
                     reports,
                 ));
-                Rescue::Watching
+                // A little longer than the watch waits: its word comes first.
+                Rescue::Settling {
+                    until: Instant::now() + std::time::Duration::from_millis(300),
+                }
             }
             Err(why) => {
                 if std::mem::replace(&mut self.rescue_refusal_logged, true) {
