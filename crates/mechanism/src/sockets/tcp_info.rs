@@ -126,16 +126,25 @@ pub fn connection_info(fd: BorrowedFd<'_>) -> io::Result<ConnectionInfo> {
     // never "someone read this" about bytes nobody read.
     let info = sys::tcp_info(fd)?;
     let unread = rustix::io::ioctl_fionread(fd)?;
+    let state = TcpState::from_raw(info.tcpi_state);
+    // The peer's FIN takes a sequence number, which tcpi_bytes_received
+    // counts and FIONREAD does not: without this, a peer that closed would
+    // look like one whose last byte someone read.
+    let fin = u64::from(matches!(
+        state,
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait
+    ));
+    let bytes_received = info.tcpi_bytes_received.saturating_sub(fin);
     let bytes_sent = if info.tcpi_bytes_sent > 0 {
         info.tcpi_bytes_sent
     } else {
         info.tcpi_bytes_acked
     };
     Ok(ConnectionInfo {
-        state: TcpState::from_raw(info.tcpi_state),
-        bytes_received: info.tcpi_bytes_received,
+        state,
+        bytes_received,
         bytes_sent,
-        unread: unread.min(info.tcpi_bytes_received),
+        unread: unread.min(bytes_received),
         ms_since_received: info.tcpi_last_data_recv,
         ms_since_sent: info.tcpi_last_data_sent,
     })
@@ -203,7 +212,10 @@ mod tests {
         let (client, server) = pair();
         client.shutdown(Shutdown::Write).unwrap();
         for _ in 0..10_000 {
-            if connection_info(server.as_fd()).unwrap().state == TcpState::CloseWait {
+            let info = connection_info(server.as_fd()).unwrap();
+            if info.state == TcpState::CloseWait {
+                assert_eq!(info.bytes_received, 0, "the FIN is not a byte");
+                assert_eq!(info.consumed(), 0);
                 return;
             }
             std::thread::yield_now();

@@ -62,6 +62,13 @@ pub struct Held {
 }
 
 impl Held {
+    /// Holds its incoming data back (again).
+    pub fn hold_data(&mut self) {
+        if !self.held_back {
+            self.held_back = handover_mechanism::sockets::hold::hold(self.fd.as_fd()).is_ok();
+        }
+    }
+
     /// Lets its incoming data through again (the peer retransmits what was
     /// held back).
     pub fn let_data_through(&mut self) {

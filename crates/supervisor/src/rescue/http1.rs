@@ -65,6 +65,33 @@ pub enum Malformed {
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
+/// The methods a rescued connection's first request may start with. A
+/// rescued connection's bytes start where the old child stopped reading: if
+/// that is not a request's start (say `ET / HTTP/1.1`, its first byte gone
+/// with the child), relaying them would get a wrong answer, so such a request
+/// is refused instead. Extension methods are legal HTTP, but not what a
+/// client sends on a keep-alive connection it reuses.
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+];
+
+/// Whether `buf` (at least a few bytes of it) can be the start of a request
+/// with a [`KNOWN_METHODS`] method: `None` while too short to tell.
+pub fn starts_a_request(buf: &[u8]) -> Option<bool> {
+    let mut undecided = false;
+    for method in KNOWN_METHODS {
+        let want = format!("{method} ");
+        let n = want.len().min(buf.len());
+        if buf[..n] == want.as_bytes()[..n] {
+            if buf.len() >= want.len() {
+                return Some(true);
+            }
+            undecided = true;
+        }
+    }
+    (!undecided).then_some(false)
+}
+
 /// Parses the request head at the start of `buf`: `Ok(None)` until it is whole.
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -284,6 +311,14 @@ mod tests {
             parse_request(&[b'a'; MAX_HEAD + 1]).err(),
             Some(Malformed::TooLong)
         );
+    }
+
+    #[test]
+    fn a_request_start_is_told_from_the_rest_of_one() {
+        assert_eq!(starts_a_request(b"GET / HTTP/1.1\r\n"), Some(true));
+        assert_eq!(starts_a_request(b"PO"), None);
+        assert_eq!(starts_a_request(b"ET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(starts_a_request(b"st: t\r\n\r\n"), Some(false));
     }
 
     #[test]

@@ -266,17 +266,24 @@ pub(crate) async fn watch(
         }
         let since_signal = signalled.map_or(Duration::ZERO, |at| at.elapsed());
         for connection in &mut pending {
-            // The hold lasts until the signal; then it ends for busy
-            // connections once the child has swept (it finishes them itself,
-            // saying Connection: close); for all once it is clear the child
-            // keeps its idle connections (no sweep within --rescue-hold); and
-            // at the latest after HOLD_CAP.
+            // An idle connection is held until the signal; then until the
+            // child lets go of it if the child has swept (it closes its idle
+            // connections, and finishes the busy ones itself saying
+            // Connection: close), else until it is clear the child keeps its
+            // idle connections (no sweep within --rescue-hold); at the latest
+            // until HOLD_CAP.
+            // A busy connection always gets its data: the child may have read
+            // the first byte of its request already (Go's background read)
+            // and must be able to finish it.
+            let idle = !connection.track.owes();
             let keep = match (signalled, swept) {
-                (None, _) => true,
-                (Some(_), true) => connection.idle_at_signal && since_signal < HOLD_CAP,
-                (Some(_), false) => since_signal < settings.hold,
+                (None, _) => idle,
+                (Some(_), true) => idle && connection.idle_at_signal && since_signal < HOLD_CAP,
+                (Some(_), false) => idle && since_signal < settings.hold,
             };
-            if !keep {
+            if keep {
+                connection.hold_data();
+            } else {
                 connection.let_data_through();
             }
         }

@@ -187,6 +187,12 @@ impl Http {
     /// stayed silent past the idle timeout) before sending one.
     async fn request_head(&mut self) -> io::Result<Option<http1::Request>> {
         loop {
+            if self.answered == 0 && http1::starts_a_request(&self.buf) == Some(false) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the bytes are not a request's start: the old child read part of it",
+                ));
+            }
             if let Some(request) = http1::parse_request(&self.buf).map_err(malformed)? {
                 return Ok(Some(request));
             }
