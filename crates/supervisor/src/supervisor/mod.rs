@@ -210,6 +210,11 @@ impl Supervisor {
                 && self.draining.is_empty()
                 && self.settling.is_empty()
             {
+                // The PID file goes before "stopped" is said: whoever asked may
+                // look for it the moment it hears that.
+                if let Some(path) = &self.config.pid_file {
+                    handover_mechanism::pidfile::remove_if_holds(path, std::process::id());
+                }
                 for client in self.stop_clients.drain(..) {
                     let _ = client
                         .send(Reply::Done {
