@@ -71,14 +71,24 @@ impl Takeover {
     fn take_over(&mut self, extra: &[&str]) -> (u32, u32) {
         let old = self.server.current_pid().unwrap();
         let child = self.launch(extra);
-        let new = child.id();
+        let launched = child.id();
         drop(child); // reaped through `exited`
-        self.server.pids.push(new);
-        wait_until(
-            "the PID file to name the new process",
-            Duration::from_secs(30),
-            || (self.server.current_pid() == Some(new)).then_some(()),
-        );
+        self.server.pids.push(launched);
+        // The PID file names whoever took over (setsid execs in place, but
+        // would fork if it were a process-group leader: trust the file).
+        let new = try_wait_until(Duration::from_secs(30), || {
+            self.server.current_pid().filter(|&pid| pid != old)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "pid {launched} never took over from {old} (exited: {}); log:\n{}",
+                exited(launched),
+                self.server.log_text()
+            )
+        });
+        if new != launched {
+            self.server.pids.push(new);
+        }
         self.server.wait_exit(old, Duration::from_secs(30));
         (old, new)
     }
