@@ -271,6 +271,8 @@ impl Handover {
                 })?;
             }
             (Origin::Fresh, None) => {
+                // The takeover socket first: whoever sees the PID file may use it.
+                self.serve_takeovers()?;
                 if let Some(path) = &self.inner.config.pid_file {
                     pidfile::write(path, std::process::id()).map_err(|e| {
                         Error::io(format!("writing PID file {}", path.display()), e)
@@ -278,6 +280,7 @@ impl Handover {
                 }
                 self.inner.upstream.notify(&[NotifyState::Ready]);
                 tracing::info!("ready");
+                return Ok(());
             }
         }
         self.serve_takeovers()

@@ -356,15 +356,16 @@ fn take_over_by(
         if inner.drain.is_draining() {
             return Err("this process is stopping".to_owned());
         }
+        // The new process hears it first: once the drain order is out, this
+        // process may exit at any moment (an idle one does at once).
+        channel
+            .send(&Message::SteppedDown, &[])
+            .map_err(|e| format!("the new process did not hear that this one steps down: {e}"))?;
         commit_to(inner, phase, pid, took);
         Ok(())
     });
     match handed {
-        Ok(()) => {
-            if let Err(error) = channel.send(&Message::SteppedDown, &[]) {
-                tracing::warn!(%error, "the new process did not hear that this one stepped down");
-            }
-        }
+        Ok(()) => {}
         Err(why) => {
             let mut phase = inner.phase();
             if matches!(*phase, Phase::Upgrading { .. }) {
