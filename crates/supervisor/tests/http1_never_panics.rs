@@ -4,7 +4,8 @@
 //! `cargo test` (proptest's default of 256 cases each).
 
 use handover_supervisor::rescue::http1::{
-    parse_request, parse_response, with_connection_close, Body, Chunked, Malformed, MAX_HEAD,
+    parse_request, parse_response, starts_a_request, with_connection_close, Body, Chunked,
+    Malformed, KNOWN_METHODS, MAX_HEAD,
 };
 use proptest::prelude::*;
 
@@ -69,6 +70,23 @@ fn leading_empty_lines(mut head: &[u8]) -> usize {
 }
 
 proptest! {
+    #[test]
+    fn starts_a_request_never_panics(data in bytes(), split in any::<usize>()) {
+        let known = |m: &&str| data.starts_with(format!("{m} ").as_bytes());
+        let short = |m: &&str| format!("{m} ").as_bytes().starts_with(&data);
+        let expected = if KNOWN_METHODS.iter().any(known) {
+            Some(true)
+        } else if KNOWN_METHODS.iter().any(short) {
+            None
+        } else {
+            Some(false)
+        };
+        prop_assert_eq!(starts_a_request(&data), expected);
+        if let Some(answer) = starts_a_request(&data[..split % (data.len() + 1)]) {
+            prop_assert_eq!(expected, Some(answer));
+        }
+    }
+
     #[test]
     fn parse_request_never_panics(data in bytes(), split in any::<usize>()) {
         if let Ok(Some(request)) = parse_request(&data) {

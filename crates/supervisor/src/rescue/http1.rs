@@ -192,7 +192,10 @@ fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool 
 /// `Connection` and `Keep-Alive` headers it had.
 pub fn with_connection_close(head: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.len() + 19);
-    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    // httparse accepts empty lines before the status line: skip them too.
+    let mut lines = head
+        .split_inclusive(|&b| b == b'\n')
+        .skip_while(|line| line.trim_ascii().is_empty());
     if let Some(status_line) = lines.next() {
         out.extend_from_slice(status_line);
     }
@@ -353,6 +356,12 @@ mod tests {
         assert_eq!(
             String::from_utf8(rewritten).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\n"
+        );
+        // Empty lines before the status line (found by fuzzing) are dropped.
+        let leading = with_connection_close(b"\n\nHTTP/1.1 200\n\n");
+        assert_eq!(
+            String::from_utf8(leading).unwrap(),
+            "HTTP/1.1 200\nconnection: close\r\n\r\n"
         );
     }
 
