@@ -90,7 +90,6 @@ pub(crate) fn attempt(path: &Path, state_limit: u64) -> Result<Option<TakenOver>
         }
         Err(error) => return Err(failed(path, error)),
     };
-    let owner = channel.peer().map_err(|e| failed(path, e))?;
     let limit = fd_room();
     let mut sockets = Vec::new();
     let mut listener = None;
@@ -114,7 +113,11 @@ pub(crate) fn attempt(path: &Path, state_limit: u64) -> Result<Option<TakenOver>
     } else {
         None
     };
-    let old_pid = owner.pid.as_raw_nonzero().get() as u32;
+    // The pid the old process gave in `welcome`, not SO_PEERCRED's: a
+    // listening socket's credentials are those of whoever called listen(), and
+    // the takeover socket is handed from generation to generation. (The owner's
+    // uid was checked by `control::connect`.)
+    let old_pid = agreement.peer_pid;
     tracing::info!(
         old_pid,
         sockets = sockets.len(),

@@ -295,7 +295,10 @@ fn a_second_takeover_racing_the_first_is_refused_and_the_first_goes_on() {
 fn the_new_version_serves_alone_if_the_old_one_dies_after_handing_over() {
     let _turn = turn();
     let mut takeover = Takeover::start("takeover-orphan", &[]);
-    let old = takeover.server.current_pid().unwrap();
+    let first = takeover.server.current_pid().unwrap();
+    // A second generation, so that the takeover socket's creator (what
+    // SO_PEERCRED names) is not the process serving it.
+    let (_, old) = takeover.take_over(&[]);
     let (load, _stats) = load(&takeover.server);
     let mark = takeover.server.log_text().len();
     let new = takeover.launch(&["--startup-delay", "1s"]);
@@ -307,9 +310,13 @@ fn the_new_version_serves_alone_if_the_old_one_dies_after_handing_over() {
         .wait_log("took over the sockets", mark, Duration::from_secs(10));
     signal(old, Signal::KILL);
     takeover.server.wait_exit(old, Duration::from_secs(10));
-    takeover
+    let line = takeover
         .server
         .wait_log("serving alone", mark, Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("old_pid={old}")),
+        "the new one must know which process it took over from ({old}): {line}"
+    );
     wait_until(
         "the new one to own the PID file",
         Duration::from_secs(10),
@@ -324,7 +331,7 @@ fn the_new_version_serves_alone_if_the_old_one_dies_after_handing_over() {
         "{}",
         report.summary()
     );
-    assert_eq!(takeover.history(), vec![old, new_pid]);
+    assert_eq!(takeover.history(), vec![first, old, new_pid]);
 }
 
 #[test]
