@@ -8,6 +8,13 @@
 //! their stamp to the results file; the difference covers the `READY=1`
 //! datagram, the old process's wait for it waking up, the commit, and the
 //! wake-up of the accept task.
+//!
+//! With `--takeover`, each generation starts the next as a plain new process
+//! (not a re-exec: it finds the takeover socket live and takes over), so the
+//! difference covers the wire protocol's `ready` instead of `READY=1`. With
+//! `--pid-file DIR`, every generation keeps a PID file in DIR, which the commit
+//! writes before its drain order: where DIR is (tmpfs or a disk) shows in the
+//! result.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -31,6 +38,13 @@ pub struct Args {
     /// Upgrades measured.
     #[arg(long, default_value_t = 50)]
     pub runs: u64,
+    /// Each new generation is started independently and takes over (through a
+    /// takeover socket) instead of being re-executed by the old one.
+    #[arg(long)]
+    pub takeover: bool,
+    /// Keep a PID file in this directory (none by default).
+    #[arg(long, value_name = "DIR")]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Options of a chain process (hidden subcommand `chain-ready-to-stop`).
@@ -40,6 +54,10 @@ pub struct ChainArgs {
     runs: u64,
     #[arg(long)]
     results: PathBuf,
+    #[arg(long)]
+    takeover: Option<PathBuf>,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
 }
 
 /// Runs the benchmark; returns its Markdown section.
@@ -50,21 +68,44 @@ pub fn run(args: &Args) -> Result<String, String> {
     eprintln!("ready-to-stop: {} upgrades...", args.runs);
     let scratch = Scratch::new("ready-to-stop")?;
     let results = scratch.path("results");
-    let chain_args = [
+    let mut chain_args = vec![
         "chain-ready-to-stop".to_owned(),
         format!("--runs={}", args.runs),
         format!("--results={}", results.display()),
     ];
+    if args.takeover {
+        chain_args.push(format!(
+            "--takeover={}",
+            scratch.path("takeover.sock").display()
+        ));
+    }
+    if let Some(dir) = &args.pid_file {
+        let file = dir.join(format!("handover-bench-{}.pid", std::process::id()));
+        chain_args.push(format!("--pid-file={}", file.display()));
+    }
     let records = chain::run(
         &chain_args,
         &results,
         Duration::from_secs(30 + 5 * args.runs),
     )?;
+    if let Some(dir) = &args.pid_file {
+        let file = dir.join(format!("handover-bench-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(file);
+    }
     let gaps = analyse(&records, args.runs)?;
     let s = Spread::of(gaps).ok_or("no upgrade measured")?;
+    let how = if args.takeover {
+        "takeovers (each generation started independently)"
+    } else {
+        "re-exec upgrades"
+    };
+    let pid_file = match &args.pid_file {
+        Some(dir) => format!(" and a PID file in `{}`", dir.display()),
+        None => " and no PID file".to_owned(),
+    };
     Ok(format!(
         "### Successor ready → old process stops accepting\n\n\
-         `handover-bench ready-to-stop --runs {runs}`: from the successor's stamp just \
+         `handover-bench {command}`: {how}{pid_file}; from the successor's stamp just \
          before `ready()` to the old process's stamp right after its tokio accept loop \
          (`select!` on `drain_signal().recv()`) ended and dropped the listener.\n\n\
          | upgrades | min | median | p99 | max |\n|---|---|---|---|---|\n\
@@ -79,8 +120,19 @@ pub fn run(args: &Args) -> Result<String, String> {
         verdict(s.median < TARGET),
         us(s.median),
         us(s.max),
-        runs = args.runs,
+        command = command_line(args),
     ))
+}
+
+fn command_line(args: &Args) -> String {
+    let mut line = format!("ready-to-stop --runs {}", args.runs);
+    if args.takeover {
+        line.push_str(" --takeover");
+    }
+    if let Some(dir) = &args.pid_file {
+        line.push_str(&format!(" --pid-file {}", dir.display()));
+    }
+    line
 }
 
 fn analyse(records: &Records, runs: u64) -> Result<Vec<Duration>, String> {
@@ -119,16 +171,22 @@ async fn accept_until_drained(listener: tokio::net::TcpListener, drain: DrainSig
     now_ns()
 }
 
-/// A generation of the chain: accept, ready, wait for the parent to go, upgrade.
+/// A generation of the chain: accept, ready, wait for the parent to go, then
+/// upgrade (or start the next generation, which takes over).
 pub fn chain(args: &ChainArgs) -> ExitCode {
     let fail = |e: &dyn std::fmt::Display| chain::fail(&args.results, e);
     let parent = rustix::process::getppid();
     // Before the runtime opens its fds: inherited sockets are at fds 3, 4, …
-    let handover = match Handover::builder()
+    let mut builder = Handover::builder()
         .no_signals()
-        .ready_timeout(Duration::from_secs(30))
-        .build()
-    {
+        .ready_timeout(Duration::from_secs(30));
+    if let Some(path) = &args.takeover {
+        builder = builder.takeover(path);
+    }
+    if let Some(path) = &args.pid_file {
+        builder = builder.pid_file(path);
+    }
+    let handover = match builder.build() {
         Ok(handover) => handover,
         Err(e) => return fail(&e),
     };
@@ -157,7 +215,8 @@ pub fn chain(args: &ChainArgs) -> ExitCode {
     if let Err(e) = results::append(&args.results, "ready", generation, &[ready]) {
         return fail(&e);
     }
-    if handover.is_successor() && !chain::wait_parent_gone(parent, Duration::from_secs(10)) {
+    let successor = handover.is_successor() || handover.took_over();
+    if successor && !chain::wait_parent_gone(parent, Duration::from_secs(10)) {
         return fail(&"the old generation did not exit within 10 s");
     }
     if generation >= args.runs {
@@ -166,8 +225,21 @@ pub fn chain(args: &ChainArgs) -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    // upgrade() blocks; this thread is not one of the runtime's workers.
-    if let Err(e) = handover.upgrade() {
+    if args.takeover.is_some() {
+        // The next generation, a child only so that it can wait for this one
+        // to exit; it finds the takeover socket live and takes over.
+        let next = std::env::current_exe().and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        });
+        if let Err(e) = next {
+            return fail(&format!("cannot start the next generation: {e}"));
+        }
+    } else if let Err(e) = handover.upgrade() {
+        // upgrade() blocks; this thread is not one of the runtime's workers.
         return fail(&e);
     }
     let stopped = match runtime.block_on(accepting) {

@@ -248,15 +248,12 @@ impl Handover {
         match (&self.inner.origin, link) {
             (_, Some((channel, old_pid))) => {
                 let path = self.inner.config.takeover.clone().unwrap_or_default();
-                takeover::finish(&channel, old_pid, &path)?;
-                if let Some(path) = &self.inner.config.pid_file {
-                    pidfile::write(path, std::process::id()).map_err(|e| {
-                        Error::io(format!("writing PID file {}", path.display()), e)
-                    })?;
+                if takeover::finish(&channel, old_pid, &path)? == takeover::Finish::OldGone {
+                    self.name_self()?;
+                    self.inner
+                        .upstream
+                        .notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
                 }
-                self.inner
-                    .upstream
-                    .notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
                 tracing::info!(generation = self.generation(), "ready; took over");
             }
             (Origin::Successor { notify, parent }, None) => {
@@ -273,17 +270,22 @@ impl Handover {
             (Origin::Fresh, None) => {
                 // The takeover socket first: whoever sees the PID file may use it.
                 self.serve_takeovers()?;
-                if let Some(path) = &self.inner.config.pid_file {
-                    pidfile::write(path, std::process::id()).map_err(|e| {
-                        Error::io(format!("writing PID file {}", path.display()), e)
-                    })?;
-                }
+                self.name_self()?;
                 self.inner.upstream.notify(&[NotifyState::Ready]);
                 tracing::info!("ready");
                 return Ok(());
             }
         }
         self.serve_takeovers()
+    }
+
+    /// Writes this process's pid to the PID file, if there is one.
+    fn name_self(&self) -> Result<()> {
+        match &self.inner.config.pid_file {
+            Some(path) => pidfile::write(path, std::process::id())
+                .map_err(|e| Error::io(format!("writing PID file {}", path.display()), e)),
+            None => Ok(()),
+        }
     }
 
     /// Serves the takeover socket: the one inherited or received, else a new

@@ -13,8 +13,10 @@
 //!      │ ◀── sockets (batches of ≤ 252, each acked), the takeover socket among them
 //!      │ ◀── state (inline or sealed memfd), acked
 //!  claims them by name; initialises         keeps accepting on the same sockets
-//!  ready() ── ready ─────────────────────────────▶ commit: PID file, MAINPID, drain order
-//!      │ ◀───────────────────────────── stepped_down      (stops accepting, drains, exits)
+//!  ready() ── ready ─────────────────────────────▶ PID file, MAINPID := new
+//!      │ ◀───────────────────────────── stepped_down
+//!  serves (writes the PID file only if      drain order (stops accepting, drains, exits)
+//!  the old one died before stepped_down)
 //!  serves PATH (same socket: no gap)
 //! ```
 //!
@@ -44,7 +46,7 @@ use handover_wire::{batch, hello, state, Message};
 use sd_notify::NotifyState;
 
 use crate::handover::Inner;
-use crate::upgrade::{commit_to, Phase};
+use crate::upgrade::{drain_for, name_main, Phase};
 use crate::{Error, Handover, Result};
 use handover_mechanism::protocol::env::InheritedFd;
 use handover_mechanism::protocol::TAKEOVER_FD_NAME;
@@ -143,15 +145,26 @@ fn fd_room() -> usize {
     limit.saturating_sub(open + 32)
 }
 
+/// How a takeover ended for the new process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The old process stepped down; it has named this one in the PID file
+    /// and to systemd.
+    SteppedDown,
+    /// The old process is gone (it died after handing over): this one serves
+    /// alone and must name itself.
+    OldGone,
+}
+
 /// The new process says it is ready and waits for the old one to step down.
 /// If the old one is gone (it died after handing over), this one serves alone.
-pub(crate) fn finish(channel: &Channel, old_pid: u32, path: &Path) -> Result<()> {
+pub(crate) fn finish(channel: &Channel, old_pid: u32, path: &Path) -> Result<Finish> {
     let sent = channel.send(&Message::Ready, &[]);
     let answer = sent.and_then(|()| channel.receive());
     match answer {
         Ok(received) if received.message == Message::SteppedDown => {
             tracing::info!(old_pid, "the old process stepped down");
-            Ok(())
+            Ok(Finish::SteppedDown)
         }
         Ok(received) => Err(failed(
             path,
@@ -159,7 +172,7 @@ pub(crate) fn finish(channel: &Channel, old_pid: u32, path: &Path) -> Result<()>
         )),
         Err(error) if !alive(old_pid) => {
             tracing::warn!(old_pid, %error, "the old process is gone; serving alone");
-            Ok(())
+            Ok(Finish::OldGone)
         }
         Err(error) => Err(failed(
             path,
@@ -359,12 +372,18 @@ fn take_over_by(
         if inner.drain.is_draining() {
             return Err("this process is stopping".to_owned());
         }
-        // The new process hears it first: once the drain order is out, this
-        // process may exit at any moment (an idle one does at once).
-        channel
-            .send(&Message::SteppedDown, &[])
-            .map_err(|e| format!("the new process did not hear that this one steps down: {e}"))?;
-        commit_to(inner, phase, pid, took);
+        // The PID file and MAINPID name the new process before it hears that
+        // this one steps down (it does not write them again), and it hears
+        // that before the drain order: after the order this process may exit
+        // at any moment (an idle one does at once).
+        name_main(inner, pid);
+        if let Err(e) = channel.send(&Message::SteppedDown, &[]) {
+            name_main(inner, std::process::id());
+            return Err(format!(
+                "the new process did not hear that this one steps down: {e}"
+            ));
+        }
+        drain_for(inner, phase, pid, took);
         Ok(())
     });
     match handed {

@@ -234,23 +234,38 @@ fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
 }
 
 /// Commits a hand-over to `pid` (a re-exec'd successor or a process that took
-/// over), with the phase lock held: PID file and `MAINPID` first, then the
-/// drain order, then this process's copies of the sockets go.
+/// over), with the phase lock held: [`name_main`] first, then [`drain_for`].
 pub(crate) fn commit_to(
     inner: &Inner,
-    mut phase: std::sync::MutexGuard<'_, Phase>,
+    phase: std::sync::MutexGuard<'_, Phase>,
     pid: u32,
     took: Duration,
 ) {
-    // Everything that must outlive this process happens before the drain order:
-    // once drained, the application may exit at any moment. systemd in
-    // particular must learn the new main pid before the old one exits.
+    name_main(inner, pid);
+    drain_for(inner, phase, pid, took);
+}
+
+/// Names `pid` as the server where others look: the PID file and systemd's
+/// `MAINPID`. Everything that must outlive this process happens before the
+/// drain order: once drained, the application may exit at any moment, and
+/// systemd in particular must learn the new main pid before the old one exits.
+pub(crate) fn name_main(inner: &Inner, pid: u32) {
     if let Some(path) = &inner.config.pid_file {
         write_pid_file(path, pid);
     }
     inner
         .upstream
         .notify(&[NotifyState::MainPid(pid), NotifyState::Ready]);
+}
+
+/// Issues the drain order for a hand-over to `pid`; then this process's copies
+/// of the sockets go.
+pub(crate) fn drain_for(
+    inner: &Inner,
+    mut phase: std::sync::MutexGuard<'_, Phase>,
+    pid: u32,
+    took: Duration,
+) {
     let reason = DrainReason::Upgraded { successor: pid };
     *phase = Phase::Draining(reason);
     inner.drain.issue(DrainOrder {
