@@ -54,19 +54,31 @@ impl Agreement {
 
 /// The connecting side: sends `hello`, returns what the other side chose.
 pub fn offer(channel: &Channel, offer: Offer) -> Result<Agreement, Error> {
+    send_hello(channel, &offer)?;
+    receive_welcome(channel, &offer)
+}
+
+/// The first half of [`offer`]: sends `hello` and does not wait, for a side
+/// that reads `welcome` later (a successor says `hello` on its inherited
+/// channel before `READY=1`, and its parent answers after it).
+pub fn send_hello(channel: &Channel, offer: &Offer) -> Result<(), Error> {
     let hello = Message::Hello {
         min_version: offer.min_version,
         max_version: offer.max_version,
         capabilities: offer.capabilities.clone(),
         pid: std::process::id(),
     };
-    if let Err(error) = channel.send(&hello, &[]) {
+    channel.send(&hello, &[]).map_err(|error| {
         // A peer that refused us at once and hung up left its reason queued.
-        return Err(match channel.receive() {
+        match channel.receive() {
             Err(refused @ Error::Refused { .. }) => refused,
             _ => error,
-        });
-    }
+        }
+    })
+}
+
+/// The second half of [`offer`]: the `welcome` to the `hello` sent with `offer`.
+pub fn receive_welcome(channel: &Channel, offer: &Offer) -> Result<Agreement, Error> {
     match channel.receive()?.message {
         Message::Welcome {
             version,

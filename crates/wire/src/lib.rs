@@ -22,6 +22,7 @@
 //! | [`state`] | application state: inline when small, a sealed memfd when large, checksummed |
 //! | [`peer`] | who may connect: same uid, root, or uids and gids the application allows |
 //! | [`control`] | the commands (`status`, `upgrade`, `stop`, `takeover`) and their replies |
+//! | [`migrate`] | live connections, in two-phase batches: given, then `taken` or kept |
 //!
 //! A conversation, for a takeover (the new process connects):
 //!
@@ -68,6 +69,7 @@ pub mod control;
 mod error;
 pub mod hello;
 pub mod message;
+pub mod migrate;
 pub mod peer;
 pub mod state;
 

@@ -19,6 +19,9 @@
 //! | `progress` | the answering side, during a command | none | `message` |
 //! | `done` | the answering side, a command's end | none | `ok`, `message` |
 //! | `status` | the answering side, to `status` | none | `status` (an object) |
+//! | `room` | the new process, when it takes connections | none | `room` |
+//! | `connections` | the old process, migrating | one per connection, in order | `batch`, `connections` (`listener`, `unread`, `state`, base64) |
+//! | `taken` | the new process, per `connections` | none | `batch`, `taken` (one bool per connection), `room` |
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +42,11 @@ pub const MAX_CAPABILITIES: usize = 64;
 pub const MAX_CAPABILITY: usize = 64;
 /// Largest state sent inline (decoded); larger state goes in a memfd.
 pub const MAX_INLINE_STATE: usize = 32 * 1024;
+/// Most bytes a migrating connection carries that were read but not yet
+/// processed (decoded). A connection with more stays where it is.
+pub const MAX_UNREAD: usize = 32 * 1024;
+/// Most bytes of application state a migrating connection carries (decoded).
+pub const MAX_CONNECTION_STATE: usize = 4 * 1024;
 
 /// One message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,10 +142,48 @@ pub enum Message {
         /// Its fields depend on the kind of process (library or supervisor).
         status: serde_json::Map<String, serde_json::Value>,
     },
+    /// The new process takes connections: at most `room` more descriptors.
+    Room {
+        /// Descriptors it can still install.
+        room: u32,
+    },
+    /// A batch of live connections; one descriptor per connection attached,
+    /// in order. The sender still owns them until `taken`.
+    Connections {
+        /// 0, 1, 2, … in order.
+        batch: u32,
+        /// What travels with each connection.
+        connections: Vec<Connection>,
+    },
+    /// Which connections of a batch the new process took: it owns those now,
+    /// and the old process keeps the others.
+    Taken {
+        /// The batch answered.
+        batch: u32,
+        /// One per connection of the batch, in order.
+        taken: Vec<bool>,
+        /// Descriptors it can still install.
+        room: u32,
+    },
+}
+
+/// What travels with one migrating connection besides its descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// The name of the listener it was accepted on.
+    pub listener: String,
+    /// Bytes read from it but not yet processed, base64 (at most
+    /// [`MAX_UNREAD`] decoded).
+    #[serde(default)]
+    pub unread: String,
+    /// The application's state for it, base64 (at most
+    /// [`MAX_CONNECTION_STATE`] decoded).
+    #[serde(default)]
+    pub state: String,
 }
 
 /// The types this version knows, for telling "unknown" from "malformed".
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 15] = [
     "hello",
     "welcome",
     "error",
@@ -150,6 +196,9 @@ const KNOWN: [&str; 12] = [
     "progress",
     "done",
     "status",
+    "room",
+    "connections",
+    "taken",
 ];
 
 impl Message {
@@ -167,6 +216,7 @@ impl Message {
     pub fn fds(&self) -> usize {
         match self {
             Message::Sockets { names, .. } => names.len(),
+            Message::Connections { connections, .. } => connections.len(),
             Message::State { inline: None, .. } => 1,
             _ => 0,
         }
@@ -244,7 +294,21 @@ impl Message {
             {
                 bad("a text too long".into())
             }
+            Message::Connections { connections, .. } => {
+                if connections.is_empty() || connections.len() > MAX_FDS {
+                    return bad(format!(
+                        "{} connections in a batch (1 to {MAX_FDS})",
+                        connections.len()
+                    ));
+                }
+                connections.iter().try_for_each(Connection::check)
+            }
+            Message::Taken { taken, .. } if taken.is_empty() || taken.len() > MAX_FDS => bad(
+                format!("{} answers in a batch (1 to {MAX_FDS})", taken.len()),
+            ),
             Message::Ack { .. }
+            | Message::Room { .. }
+            | Message::Taken { .. }
             | Message::Ready
             | Message::SteppedDown
             | Message::Command { .. }
@@ -256,6 +320,25 @@ impl Message {
 }
 
 pub use handover_mechanism::protocol::valid_name;
+
+impl Connection {
+    fn check(&self) -> Result<(), Error> {
+        if !valid_name(&self.listener) {
+            return Err(Error::Malformed(format!(
+                "listener name {:?}",
+                short(&self.listener)
+            )));
+        }
+        if self.unread.len() > MAX_UNREAD.div_ceil(3) * 4
+            || self.state.len() > MAX_CONNECTION_STATE.div_ceil(3) * 4
+        {
+            return Err(Error::Malformed(
+                "a connection's unread bytes or state too long".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 fn check_capabilities(capabilities: &[String]) -> Result<(), Error> {
     if capabilities.len() > MAX_CAPABILITIES
@@ -334,6 +417,20 @@ mod tests {
             Message::Status {
                 status: serde_json::from_str(r#"{"pid":9,"phase":"serving"}"#).unwrap(),
             },
+            Message::Room { room: 1000 },
+            Message::Connections {
+                batch: 3,
+                connections: vec![Connection {
+                    listener: "echo".into(),
+                    unread: "aGVsbG8=".into(),
+                    state: String::new(),
+                }],
+            },
+            Message::Taken {
+                batch: 3,
+                taken: vec![true, false],
+                room: 998,
+            },
         ];
         for message in messages {
             assert_eq!(Message::decode(&message.encode()).unwrap(), message);
@@ -350,7 +447,7 @@ mod tests {
 
     #[test]
     fn every_bound_is_checked() {
-        let cases: [&[u8]; 8] = [
+        let cases: [&[u8]; 11] = [
             b"",
             b"\x00\xff garbage",
             br#"{"batch":1}"#,
@@ -359,6 +456,9 @@ mod tests {
             br#"{"type":"sockets","batch":0,"names":[],"last":true}"#,
             br#"{"type":"sockets","batch":0,"names":["a:b"],"last":true}"#,
             br#"{"type":"state","len":99999999,"crc32":0,"inline":"AA=="}"#,
+            br#"{"type":"connections","batch":0,"connections":[]}"#,
+            br#"{"type":"connections","batch":0,"connections":[{"listener":"a b"}]}"#,
+            br#"{"type":"taken","batch":0,"taken":[],"room":1}"#,
         ];
         for case in cases {
             assert!(
