@@ -46,14 +46,15 @@ impl<T> Beacon<T> {
     }
 
     /// Blocks until `test` returns `Some`, or until `deadline` (then `None`).
+    /// `test` may take what it returns out of the value (a queue pops).
     pub(crate) fn wait_until<R>(
         &self,
         deadline: Option<Instant>,
-        mut test: impl FnMut(&T) -> Option<R>,
+        mut test: impl FnMut(&mut T) -> Option<R>,
     ) -> Option<R> {
         let mut guard = self.lock();
         loop {
-            if let Some(r) = test(&guard) {
+            if let Some(r) = test(&mut guard) {
                 return Some(r);
             }
             guard = match deadline {
@@ -71,13 +72,13 @@ impl<T> Beacon<T> {
 
     /// Waits asynchronously until `test` returns `Some`.
     #[cfg(feature = "tokio")]
-    pub(crate) async fn wait_for<R>(&self, mut test: impl FnMut(&T) -> Option<R>) -> R {
+    pub(crate) async fn wait_for<R>(&self, mut test: impl FnMut(&mut T) -> Option<R>) -> R {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             // Register before testing, so an update between test and await is seen.
             notified.as_mut().enable();
-            if let Some(r) = test(&self.lock()) {
+            if let Some(r) = test(&mut self.lock()) {
                 return r;
             }
             notified.await;

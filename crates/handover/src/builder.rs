@@ -33,6 +33,7 @@ pub struct Builder {
     pub(crate) takeover: Option<PathBuf>,
     pub(crate) takeover_allowed: handover_wire::peer::Allowed,
     pub(crate) state_limit: u64,
+    pub(crate) no_migration: Vec<String>,
 }
 
 impl Default for Builder {
@@ -49,6 +50,7 @@ impl Default for Builder {
             takeover: None,
             takeover_allowed: handover_wire::peer::Allowed::default(),
             state_limit: handover_wire::state::DEFAULT_LIMIT,
+            no_migration: Vec::new(),
         }
     }
 }
@@ -149,6 +151,20 @@ impl Builder {
     pub fn state_limit(mut self, bytes: u64) -> Self {
         self.state_limit = bytes;
         self
+    }
+
+    /// Connections of the listener `name` do not migrate: this process
+    /// drains them instead of handing them to its successor, and takes none
+    /// from its predecessor. Call once per listener; `"*"` means every one.
+    /// Migration is on by default (see [`crate::migration`]).
+    pub fn no_migration(mut self, name: &str) -> Self {
+        self.no_migration.push(name.to_owned());
+        self
+    }
+
+    /// Whether connections of `listener` migrate.
+    pub(crate) fn migrates(&self, listener: &str) -> bool {
+        !self.no_migration.iter().any(|n| n == listener || n == "*")
     }
 
     /// Reads what this process inherited (sockets from a parent or from systemd),

@@ -19,8 +19,11 @@ use handover_mechanism::child::Program;
 use handover_mechanism::notify::{self, Upstream};
 use handover_mechanism::pidfile;
 use handover_mechanism::protocol::env::{read_inheritance, InheritedFd, Origin};
-use handover_mechanism::protocol::{HANDOVER_STATE, STATE_FD_NAME, TAKEOVER_FD_NAME};
+use handover_mechanism::protocol::{
+    HANDOVER_STATE, MIGRATE_FD_NAME, STATE_FD_NAME, TAKEOVER_FD_NAME,
+};
 use handover_wire::channel::{Channel, Listener};
+use handover_wire::hello;
 use std::os::fd::OwnedFd;
 
 /// The zero-downtime handle of one process. Cheap to clone; all clones are the
@@ -40,8 +43,17 @@ pub(crate) struct Inner {
     pub(crate) upstream: Upstream,
     pub(crate) origin: Origin,
     pub(crate) generation: u64,
-    /// After a takeover, until `ready()`: the connection to the old process.
-    takeover_link: Mutex<Option<(Channel, u32)>>,
+    /// After a takeover, until `ready()`: the connection to the old process,
+    /// its pid, and whether it migrates connections.
+    takeover_link: Mutex<Option<(Channel, u32, bool)>>,
+    /// In a re-exec'd successor, until `ready()`: its end of the migration
+    /// channel.
+    migration_link: Mutex<Option<Channel>>,
+    /// In an old process, once committed to a successor that takes
+    /// connections: the way to it.
+    pub(crate) give: Mutex<Option<crate::migration::Migration>>,
+    /// In a successor: where migrated connections wait, by listener.
+    pub(crate) inboxes: crate::migration::Inboxes,
     /// Whether this process took over from another.
     took_over: bool,
     /// A takeover socket inherited or received, until `ready()` serves it.
@@ -103,6 +115,8 @@ impl Handover {
         // The library's own fds among the inherited ones: the takeover socket
         // and the state.
         let mut takeover_inherited = take_named(&mut inheritance.sockets, TAKEOVER_FD_NAME);
+        let migration_link = take_named(&mut inheritance.sockets, MIGRATE_FD_NAME)
+            .and_then(|fd| Channel::from_socket(fd).ok());
         let mut inherited_state = match take_named(&mut inheritance.sockets, STATE_FD_NAME) {
             Some(fd) => {
                 let description = std::env::var(HANDOVER_STATE).ok();
@@ -126,7 +140,7 @@ impl Handover {
                 takeover_inherited = taken.listener;
                 inherited_state = taken.state;
                 generation = taken.generation;
-                takeover_link = Some((taken.channel, taken.old_pid));
+                takeover_link = Some((taken.channel, taken.old_pid, taken.migrates));
                 source = Source::Parent;
             }
         }
@@ -154,6 +168,9 @@ impl Handover {
                 takeover_link: Mutex::new(takeover_link),
                 takeover_inherited: Mutex::new(takeover_inherited),
                 takeover_serving: Mutex::new(None),
+                migration_link: Mutex::new(migration_link),
+                give: Mutex::new(None),
+                inboxes: Default::default(),
                 inherited_state,
                 state_provider: Mutex::new(None),
                 program,
@@ -216,6 +233,12 @@ impl Handover {
         Ok(self.claim(name, SocketKind::UnixListener, &address)?.into())
     }
 
+    /// The name under which `socket` (or the socket it is a copy of) was
+    /// claimed, while this process holds its sockets.
+    pub fn name_of(&self, socket: &impl std::os::fd::AsFd) -> Option<String> {
+        self.inner.registry().name_of(socket.as_fd())
+    }
+
     fn claim(
         &self,
         name: &str,
@@ -246,13 +269,20 @@ impl Handover {
         self.inner.registry().seal();
         let link = lock(&self.inner.takeover_link).take();
         match (&self.inner.origin, link) {
-            (_, Some((channel, old_pid))) => {
+            (_, Some((channel, old_pid, migrates))) => {
                 let path = self.inner.config.takeover.clone().unwrap_or_default();
-                if takeover::finish(&channel, old_pid, &path)? == takeover::Finish::OldGone {
-                    self.name_self()?;
-                    self.inner
-                        .upstream
-                        .notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
+                match takeover::finish(&channel, old_pid, &path)? {
+                    takeover::Finish::SteppedDown if migrates => {
+                        crate::migration::receive(self, channel, None);
+                    }
+                    takeover::Finish::SteppedDown => {}
+                    takeover::Finish::OldGone => {
+                        self.name_self()?;
+                        self.inner.upstream.notify(&[
+                            NotifyState::MainPid(std::process::id()),
+                            NotifyState::Ready,
+                        ]);
+                    }
                 }
                 tracing::info!(generation = self.generation(), "ready; took over");
             }
@@ -262,10 +292,18 @@ impl Handover {
                     generation = self.generation(),
                     "ready; telling the parent"
                 );
+                // `hello` on the migration channel before READY=1: the parent
+                // reads it once it has READY=1.
+                let link = lock(&self.inner.migration_link).take();
+                let offer = crate::migration::offer();
+                let link = link.filter(|link| hello::send_hello(link, &offer).is_ok());
                 notify::send(notify, &[NotifyState::Ready]).map_err(|source| Error::Notify {
                     target: format!("parent pid {parent} at {}", Path::new(notify).display()),
                     source,
                 })?;
+                if let Some(link) = link {
+                    crate::migration::receive(self, link, Some(offer));
+                }
             }
             (Origin::Fresh, None) => {
                 // The takeover socket first: whoever sees the PID file may use it.

@@ -53,6 +53,7 @@ mod builder;
 mod drain;
 mod error;
 mod handover;
+pub mod migration;
 pub mod signals;
 mod sockets;
 pub mod state;

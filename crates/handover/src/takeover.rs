@@ -53,6 +53,7 @@ use handover_mechanism::protocol::TAKEOVER_FD_NAME;
 
 /// The capability a process offers when it hands over state.
 const STATE: &str = "state";
+const MIGRATE: &str = crate::migration::CAPABILITY;
 /// Bound on every single exchange (a message and its answer).
 const EXCHANGE: Duration = Duration::from_secs(5);
 /// How often a wait for `ready` also checks for a stop.
@@ -67,6 +68,9 @@ pub(crate) struct TakenOver {
     pub state: Option<Vec<u8>>,
     pub old_pid: u32,
     pub generation: u64,
+    /// Whether the old process will migrate its connections after it steps
+    /// down.
+    pub migrates: bool,
 }
 
 fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
@@ -79,7 +83,7 @@ fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
 /// Takes over from the process listening at `path`, if one is: `Ok(None)` if
 /// nobody listens there (no file, or a stale one).
 pub(crate) fn attempt(path: &Path, state_limit: u64) -> Result<Option<TakenOver>> {
-    let offer = hello::Offer::this_version(&[STATE]);
+    let offer = hello::Offer::this_version(&[STATE, MIGRATE]);
     let (channel, agreement) = match control::connect(path, Request::Takeover, offer) {
         Ok(connected) => connected,
         Err(handover_wire::Error::Io(error))
@@ -132,12 +136,13 @@ pub(crate) fn attempt(path: &Path, state_limit: u64) -> Result<Option<TakenOver>
         listener,
         state: bytes.filter(|b| !b.is_empty()),
         old_pid,
+        migrates: agreement.has(MIGRATE),
         generation: agreement.peer_generation.map_or(1, |g| g + 1),
     }))
 }
 
 /// Descriptors this process can still receive.
-fn fd_room() -> usize {
+pub(crate) fn fd_room() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(1024) as usize;
@@ -259,7 +264,7 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
     let inner = &*handover.inner;
     let offer = hello::Offer {
         generation: Some(inner.generation),
-        ..hello::Offer::this_version(&[STATE])
+        ..hello::Offer::this_version(&[STATE, MIGRATE])
     };
     let (request, agreement) = match control::accept(channel, &inner.config.takeover_allowed, offer)
     {
@@ -383,11 +388,17 @@ fn take_over_by(
                 "the new process did not hear that this one steps down: {e}"
             ));
         }
+        // Available to the connections as soon as they hear the drain order.
+        let give = agreement
+            .has(MIGRATE)
+            .then(|| crate::migration::start_giving(inner));
         drain_for(inner, phase, pid, took);
-        Ok(())
+        Ok(give)
     });
     match handed {
-        Ok(()) => {}
+        // This thread sends the connections, on the same channel.
+        Ok(Some(give)) => crate::migration::give_on(&give, channel),
+        Ok(None) => {}
         Err(why) => {
             let mut phase = inner.phase();
             if matches!(*phase, Phase::Upgrading { .. }) {

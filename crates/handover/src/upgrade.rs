@@ -11,10 +11,11 @@ use crate::handover::Inner;
 use crate::{DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 use handover_mechanism::child::{self, Child, ExitStatus};
 use handover_mechanism::notify::NotifyReceiver;
+use handover_wire::channel::Channel;
 use handover_mechanism::pidfile;
 use handover_mechanism::protocol::{
     HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_STATE, HANDOVER_UPSTREAM_NOTIFY_SOCKET,
-    NOTIFY_SOCKET, STATE_FD_NAME, TAKEOVER_FD_NAME,
+    MIGRATE_FD_NAME, NOTIFY_SOCKET, STATE_FD_NAME, TAKEOVER_FD_NAME,
 };
 
 /// Where a process is in its life ([`Handover::phase`]).
@@ -129,6 +130,15 @@ fn run(inner: &Inner) -> Result<u32> {
         )
     };
     let takeover = inner.takeover_socket();
+    // The migration channel: the successor says `hello` on its end before
+    // READY=1; connections follow after the commit.
+    let (migration, theirs) = match Channel::pair() {
+        Ok((ours, theirs)) => (Some(ours), Some(theirs)),
+        Err(error) => {
+            tracing::warn!(%error, "no migration channel; connections will drain");
+            (None, None)
+        }
+    };
     let successor = {
         let registry = inner.registry();
         let mut fds = registry.handoff();
@@ -138,12 +148,15 @@ fn run(inner: &Inner) -> Result<u32> {
         if let Some(fd) = &state_fd {
             fds.push((STATE_FD_NAME, fd.as_fd()));
         }
+        if let Some(channel) = &theirs {
+            fds.push((MIGRATE_FD_NAME, channel.socket()));
+        }
         child::spawn(&inner.program, &fds, &link).map_err(|source| Error::Spawn {
             program: inner.program.path.clone(),
             source,
         })?
     };
-    drop(state_fd);
+    drop((state_fd, theirs));
     let pid = successor.pid();
     {
         let mut phase = inner.phase();
@@ -155,7 +168,7 @@ fn run(inner: &Inner) -> Result<u32> {
     let started = Instant::now();
     let deadline = started + inner.config.ready_timeout;
     match wait_ready(inner, &successor, &receiver, deadline) {
-        Waited::Ready => commit(inner, successor, started.elapsed()),
+        Waited::Ready => commit(inner, successor, started.elapsed(), migration),
         Waited::Gone(why) => Err(Error::SuccessorFailed { pid, why }),
         Waited::MustKill(why) => {
             successor.kill_and_reap();
@@ -211,7 +224,12 @@ fn wait_ready(
     }
 }
 
-fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
+fn commit(
+    inner: &Inner,
+    successor: Child,
+    took: Duration,
+    migration: Option<Channel>,
+) -> Result<u32> {
     let pid = successor.pid();
     let phase = inner.phase();
     if let Some(exited) = successor.exited().ok().flatten() {
@@ -229,8 +247,31 @@ fn commit(inner: &Inner, successor: Child, took: Duration) -> Result<u32> {
             why: SuccessorFailure::Aborted,
         });
     }
+    // The successor's `hello` is already queued if it migrates connections.
+    let give = migration.filter(successor_migrates).map(|channel| {
+        (crate::migration::start_giving(inner), channel)
+    });
     commit_to(inner, phase, pid, took);
+    if let Some((give, channel)) = give {
+        crate::migration::give_from_thread(give, channel);
+    }
     Ok(pid)
+}
+
+/// Whether the successor said `hello` with the migration capability on its
+/// end of the channel (before READY=1); answers it `welcome`.
+fn successor_migrates(channel: &Channel) -> bool {
+    let answered = channel
+        .set_timeout(Some(Duration::from_millis(1)))
+        .map_err(handover_wire::Error::from)
+        .and_then(|()| handover_wire::hello::answer(channel, crate::migration::offer()));
+    match answered {
+        Ok(agreement) => agreement.has(crate::migration::CAPABILITY),
+        Err(error) => {
+            tracing::debug!(%error, "the successor does not migrate connections");
+            false
+        }
+    }
 }
 
 /// Commits a hand-over to `pid` (a re-exec'd successor or a process that took

@@ -7,13 +7,18 @@
 //! `kill -HUP $(cat hello.pid)` upgrades it with no failed request;
 //! `--startup-delay` simulates a server that needs seconds to start. With
 //! `--takeover PATH`, running the same command again, from any shell, replaces
-//! the running one with no failed request.
+//! the running one with no failed request. `--echo [NAME=]ADDR` adds a
+//! line-echo listener (each line answered with `<pid> <line>`). Keep-alive
+//! HTTP connections and echo connections migrate to the new version at each
+//! upgrade and never close, unless `--no-migration`.
 //!
 //! ```text
 //! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid --takeover /tmp/hello/takeover.sock
 //! ```
 
 #![forbid(unsafe_code)]
+mod echo;
+
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +61,14 @@ struct Args {
     /// take over from it instead of binding.
     #[arg(long, value_name = "PATH")]
     takeover: Option<PathBuf>,
+    /// A line-echo listener, as ADDR or NAME=ADDR (the name defaults to
+    /// "echo"); repeat for several.
+    #[arg(long = "echo", value_name = "[NAME=]ADDR")]
+    echo: Vec<String>,
+    /// Drain connections at an upgrade instead of migrating them to the new
+    /// version.
+    #[arg(long)]
+    no_migration: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +113,9 @@ fn handover_from(args: &Args) -> Result<Handover, handover::Error> {
     if let Some(path) = &args.takeover {
         builder = builder.takeover(path);
     }
+    if args.no_migration {
+        builder = builder.no_migration("*");
+    }
     builder.build()
 }
 
@@ -127,17 +143,12 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let mut listeners = Vec::new();
     for spec in &args.listen {
         let (name, addr) = spec.split_once('=').unwrap_or(("web", spec));
-        let listener = handover.tokio_tcp_listener(name, addr)?;
-        let local = listener.local_addr().map_err(|e| handover::Error::Io {
-            context: "reading the local address".into(),
-            source: e,
-        })?;
-        // Not println!: a successor inherits stdout, and if whoever read it is
-        // gone, a write error must not end a server that is otherwise fine.
-        let line =
-            format!("listening on http://{local} name={name} pid={pid} generation={generation}\n");
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
-        listeners.push(listener);
+        listeners.push(listen(&handover, name, addr, "http")?);
+    }
+    let mut echoes = Vec::new();
+    for spec in &args.echo {
+        let (name, addr) = spec.split_once('=').unwrap_or(("echo", spec));
+        echoes.push((name.to_owned(), listen(&handover, name, addr, "tcp")?));
     }
 
     if !args.startup_delay.is_zero() {
@@ -145,17 +156,20 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
         tokio::time::sleep(args.startup_delay).await;
     }
 
+    // Each server asks for its migrated connections when it is created, so
+    // all of them are before ready().
     let servers: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let (handover, history) = (handover.clone(), Arc::clone(&history));
-            tokio::spawn(async move {
-                http::serve(listener, &handover, move |request| {
-                    respond(request, pid, generation, Arc::clone(&history))
-                })
-                .await
-            })
+            let history = Arc::clone(&history);
+            tokio::spawn(http::serve(listener, &handover, move |request| {
+                respond(request, pid, generation, Arc::clone(&history))
+            }))
         })
+        .collect();
+    let echo_servers: Vec<_> = echoes
+        .into_iter()
+        .map(|(name, listener)| tokio::spawn(echo::serve(listener, &handover, &name)))
         .collect();
     let mut outcome = Ok(());
     if let Err(error) = handover.ready() {
@@ -176,7 +190,34 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
             Err(error) => tracing::error!(%error, "server task failed"),
         }
     }
+    for server in echo_servers {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "echo task failed");
+        }
+    }
     outcome
+}
+
+/// Claims the listener `name` (inherited, or bound at `addr`) and says where
+/// it listens, in the line tests read.
+fn listen(
+    handover: &Handover,
+    name: &str,
+    addr: &str,
+    scheme: &str,
+) -> Result<tokio::net::TcpListener, handover::Error> {
+    let listener = handover.tokio_tcp_listener(name, addr)?;
+    let local = listener.local_addr().map_err(|e| handover::Error::Io {
+        context: "reading the local address".into(),
+        source: e,
+    })?;
+    let (pid, generation) = (std::process::id(), handover.generation());
+    // Not println!: a successor inherits stdout, and if whoever read it is
+    // gone, a write error must not end a server that is otherwise fine.
+    let line =
+        format!("listening on {scheme}://{local} name={name} pid={pid} generation={generation}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
+    Ok(listener)
 }
 
 async fn respond(

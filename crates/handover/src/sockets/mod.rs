@@ -174,6 +174,21 @@ impl Registry {
             .collect()
     }
 
+    /// The name of the claimed socket that `fd` is a copy of (the same open
+    /// socket: same device and inode).
+    pub(crate) fn name_of(&self, fd: BorrowedFd<'_>) -> Option<String> {
+        let key = |fd: BorrowedFd<'_>| {
+            rustix::fs::fstat(fd)
+                .ok()
+                .map(|stat| (stat.st_dev, stat.st_ino))
+        };
+        let wanted = key(fd)?;
+        self.claimed
+            .iter()
+            .find(|c| key(c.fd.as_fd()) == Some(wanted))
+            .map(|c| c.name.clone())
+    }
+
     /// Drops this process's copies (after a successor took over).
     pub(crate) fn release(&mut self) {
         self.claimed.clear();

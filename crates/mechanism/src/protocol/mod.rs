@@ -40,6 +40,10 @@ pub const HANDOVER_STATE: &str = "HANDOVER_STATE";
 pub const TAKEOVER_FD_NAME: &str = "handover.takeover";
 /// The fd name of the state memfd among the passed fds.
 pub const STATE_FD_NAME: &str = "handover.state";
+/// The fd name of a successor's end of the migration channel (a
+/// `SOCK_SEQPACKET` socket pair) in a re-exec upgrade: live connections come
+/// over it once the successor is ready (docs/PROTOCOL.md §5).
+pub const MIGRATE_FD_NAME: &str = "handover.migrate";
 
 /// Variables that describe one hand-off and must not leak into the next one.
 pub(crate) const HANDOFF_VARIABLES: &[&str] = &[

@@ -1,0 +1,219 @@
+//! HTTP serving whose upgrade never fails a client (feature `hyper`).
+//!
+//! [`serve`] accepts on a listener until the drain order, tracks every
+//! connection, and ends them the way clients expect:
+//!
+//! - **HTTP/1.1 keep-alive, upgraded to a successor that migrates**: each
+//!   connection moves to the successor between two requests (a request in
+//!   flight first finishes here), with the bytes hyper had read ahead; the
+//!   client keeps its TCP connection and never sees `Connection: close`. The
+//!   successor's `serve` on the same listener name serves it on. See
+//!   [`crate::migration`].
+//! - **HTTP/1.1 otherwise** (a stop, migration off, a connection the successor
+//!   did not take): an idle connection is *not* closed — closing it could
+//!   cross a request the client is sending at that moment, which the client
+//!   then sees fail (the nginx and tableflip failure). Instead the next
+//!   response on it carries `Connection: close`, and the connection closes
+//!   after it.
+//! - **HTTP/2**: GOAWAY; streams in flight finish. Its connections do not
+//!   migrate: HPACK tables and stream states live inside hyper and cannot be
+//!   moved to another process.
+//! - At the deadline, connections still open are closed and counted.
+//!
+//! ```no_run
+//! use handover::{http, Handover};
+//! use hyper::{Request, Response};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let handover = Handover::new()?;
+//! let listener = handover.tokio_tcp_listener("web", "127.0.0.1:8080")?;
+//! let server = tokio::spawn({
+//!     let handover = handover.clone();
+//!     async move {
+//!         http::serve(listener, &handover, |_req: Request<hyper::body::Incoming>| async {
+//!             Ok::<_, std::convert::Infallible>(Response::new(String::from("hello\n")))
+//!         })
+//!         .await
+//!     }
+//! });
+//! handover.ready()?;
+//! let summary = server.await?; // returns when drained
+//! # Ok(()) }
+//! ```
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::migration::Arrivals;
+use crate::{DrainReason, Handover};
+
+mod connection;
+mod io;
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// How a [`serve`] call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Why it drained.
+    pub reason: DrainReason,
+    /// Connections still open at the deadline, closed then (0 in a clean drain).
+    pub closed_at_deadline: usize,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with `handler` until `handover`
+/// drains; resolves when every connection has ended, moved to the successor,
+/// or been closed at the deadline.
+///
+/// Also serves the connections migrated to this process for the listener's
+/// name (see [`Handover::name_of`]): it asks for them when called, so call it
+/// (spawning the future is enough) before [`Handover::ready`].
+pub fn serve<F, Fut, B, E>(
+    listener: TcpListener,
+    handover: &Handover,
+    handler: F,
+) -> impl Future<Output = Summary> + Send + 'static
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError> + 'static,
+{
+    let name = handover.name_of(&listener);
+    // Now, not at the first poll: before ready(), so none is refused.
+    let arrivals = name.as_deref().map(|name| handover.migrated(name));
+    let shared = Arc::new(connection::Shared {
+        handler,
+        drain: handover.drain_signal(),
+        handover: handover.clone(),
+        listener: name,
+    });
+    run(listener, shared, arrivals)
+}
+
+async fn run<F, Fut, B, E>(
+    listener: TcpListener,
+    shared: Arc<connection::Shared<F>>,
+    mut arrivals: Option<Arrivals>,
+) -> Summary
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError> + 'static,
+{
+    let drain = shared.drain.clone();
+    let tracker = shared.handover.tracker();
+    let mut connections = JoinSet::new();
+    let order = loop {
+        tokio::select! {
+            biased;
+            order = drain.recv() => break order,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let task = connection::serve(Arc::clone(&shared), stream, Vec::new(), true, tracker.track());
+                    connections.spawn(task);
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            arrived = next_arrival(&arrivals), if arrivals.is_some() => match arrived {
+                Some(migrant) => {
+                    if let Some(task) = migrated(&shared, migrant, &tracker) {
+                        connections.spawn(task);
+                    }
+                }
+                None => arrivals = None,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    };
+    drop(listener);
+    // Connections that arrived but were not started yet are served (and
+    // handed on, or drained) like the others.
+    while let Some(migrant) = arrivals.as_ref().and_then(Arrivals::try_next) {
+        if let Some(task) = migrated(&shared, migrant, &tracker) {
+            connections.spawn(task);
+        }
+    }
+    tracing::info!(reason = %order.reason, active = tracker.active(), "stopped accepting; draining");
+    let left = loop {
+        let deadline = drain.get().map_or(order.deadline, |o| o.deadline);
+        tokio::select! {
+            left = tracker.idle(deadline) => break left,
+            () = drain.shortened(deadline) => continue,
+        }
+    };
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain deadline reached; closing the remaining connections"
+        );
+        connections.abort_all();
+    } else {
+        tracing::info!("drained: no connection left");
+    }
+    while connections.join_next().await.is_some() {}
+    Summary {
+        reason: order.reason,
+        closed_at_deadline: left,
+    }
+}
+
+async fn next_arrival(arrivals: &Option<Arrivals>) -> Option<crate::migration::Migrant> {
+    match arrivals {
+        Some(arrivals) => arrivals.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The task serving a migrated connection, unread bytes first.
+fn migrated<F, Fut, B, E>(
+    shared: &Arc<connection::Shared<F>>,
+    migrant: crate::migration::Migrant,
+    tracker: &crate::ConnectionTracker,
+) -> Option<impl Future<Output = ()> + Send + 'static>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError> + 'static,
+{
+    let stream = migrant
+        .stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(migrant.stream));
+    match stream {
+        Ok(stream) => Some(connection::serve(
+            Arc::clone(shared),
+            stream,
+            migrant.unread,
+            false,
+            tracker.track(),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "a migrated connection cannot be served");
+            None
+        }
+    }
+}
+
+/// The handler's error, as a concrete type: hyper's bounds on a boxed error type
+/// do not resolve inside the spawned connection task.
+struct HandlerError(BoxError);
