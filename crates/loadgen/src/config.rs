@@ -43,6 +43,11 @@ pub enum Protocol {
     /// must read exactly one line back. A broken exchange is a failure; the
     /// next exchange reopens the connection (a fresh connection). [`Mode`]
     /// does not apply.
+    ///
+    /// Each worker's connection is also followed as a whole
+    /// ([`Report::line_connections`](crate::Report::line_connections)):
+    /// opened how many times, closed by the server or not, bytes sent and
+    /// verified, which pids served it.
     LongLived,
 }
 
@@ -88,12 +93,27 @@ pub struct LoadConfig {
     pub message: Vec<u8>,
     /// Time between exchanges on one long-lived connection (default 100 ms).
     pub interval: Duration,
+    /// Line protocols: number every line and require its exact echo (default
+    /// off). Each line written is `c<worker>-<seq> <message>` (the message
+    /// without its line ending; sequence numbers go on across reopened
+    /// connections) and the reply must be exactly `<pid> <that line>`; any
+    /// other reply — another seq: a line lost, duplicated or reordered — is a
+    /// [`FailureKind::Malformed`](crate::FailureKind::Malformed) failure
+    /// naming the expected and the received seq. Off, any one line is a
+    /// successful reply.
+    pub echo_check: bool,
+    /// Line protocols: lines written at once per exchange (default 1); the
+    /// exchange must read as many reply lines back, in order. With more than
+    /// one line in flight a lost line shows as an out-of-order echo at once
+    /// rather than as a timeout.
+    pub lines_per_exchange: usize,
 }
 
 impl LoadConfig {
     /// Defaults: path `/`, 1 connection, [`Mode::KeepAlive`], 10 s duration,
     /// no request cap, 5 s request timeout, 2 s connect timeout,
-    /// [`Protocol::Http`], message `ping\n`, 100 ms interval.
+    /// [`Protocol::Http`], message `ping\n`, 100 ms interval, no echo check,
+    /// one line per exchange.
     pub fn new(addr: SocketAddr) -> Self {
         LoadConfig {
             addr,
@@ -108,6 +128,8 @@ impl LoadConfig {
             host: None,
             message: b"ping\n".to_vec(),
             interval: Duration::from_millis(100),
+            echo_check: false,
+            lines_per_exchange: 1,
         }
     }
 
@@ -175,6 +197,20 @@ impl LoadConfig {
     /// Sets the time between exchanges on one long-lived connection.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
+        self
+    }
+
+    /// Turns the echo check of the line protocols on or off (see
+    /// [`LoadConfig::echo_check`]).
+    pub fn echo_check(mut self, on: bool) -> Self {
+        self.echo_check = on;
+        self
+    }
+
+    /// Sets how many lines each line-protocol exchange writes at once (at
+    /// least 1).
+    pub fn lines_per_exchange(mut self, lines: usize) -> Self {
+        self.lines_per_exchange = lines.max(1);
         self
     }
 }

@@ -83,7 +83,30 @@ pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<T
     Ok(stream)
 }
 
+/// Whether the peer has closed ([`FailureKind::Eof`]) or reset
+/// ([`FailureKind::Reset`]) `stream`, seen within `wait`, without writing or
+/// consuming anything. Used at the end of a run, so that a connection the
+/// server closed after its last exchange is not reported as kept. Bytes
+/// waiting to be read, or nothing within `wait`, mean it is open (so does
+/// any other error, which is not the server's doing as far as we can tell).
+pub(crate) async fn peer_closed(stream: &TcpStream, wait: Duration) -> Option<FailureKind> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut byte)).await {
+        Ok(Ok(0)) => Some(FailureKind::Eof),
+        Ok(Err(e)) if Failure::from_io(&e, "peek").kind == FailureKind::Reset => {
+            Some(FailureKind::Reset)
+        }
+        Ok(_) | Err(_) => None,
+    }
+}
+
 impl Conn {
+    /// Whether the server has closed or reset the connection, seen within
+    /// `wait` (see [`peer_closed`]).
+    pub async fn peer_closed(&self, wait: Duration) -> Option<FailureKind> {
+        peer_closed(&self.stream, wait).await
+    }
+
     /// Opens a connection, bounded by `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failure> {
         let stream = connect_tcp(addr, timeout).await?;

@@ -1,4 +1,5 @@
-//! Which server process answered: `pid=N` / `generation=N` in a body or line.
+//! Which server process answered: `pid=N` / `generation=N` in a body or
+//! line, or the leading `<pid> ` of an echo reply.
 
 /// Bytes of an HTTP body scanned for `pid=N` / `generation=N` when the
 /// response has no `x-pid` / `x-generation` header.
@@ -33,9 +34,30 @@ pub(crate) fn scan(text: &[u8], key: &str) -> Option<String> {
     None
 }
 
+/// The pid in a reply `line` to the line `sent` (without line endings):
+/// `pid=N` anywhere in it, else the first token when the reply is exactly
+/// `<digits> <sent>` (the answer of an echo server that prefixes its pid,
+/// e.g. hello's `--echo` listener). A first token alone is not trusted in
+/// other replies: `200 ok` is not from pid 200.
+pub(crate) fn line_pid(line: &str, sent: &str) -> Option<String> {
+    scan(line.as_bytes(), "pid").or_else(|| {
+        let (pid, rest) = line.split_once(' ')?;
+        let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        (digits && rest == sent).then(|| pid.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::scan;
+    use super::{line_pid, scan};
+
+    #[test]
+    fn line_pids_come_from_pid_keys_or_an_echo_prefix() {
+        assert_eq!(line_pid("pong pid=9", "ping").as_deref(), Some("9"));
+        assert_eq!(line_pid("4242 ping", "ping").as_deref(), Some("4242"));
+        assert_eq!(line_pid("200 ok", "ping"), None);
+        assert_eq!(line_pid("ping", "ping"), None);
+    }
 
     #[test]
     fn finds_word_start_keys_with_digits() {

@@ -17,7 +17,24 @@
 //!   keep-alive connection shows up as a failure;
 //! * the server's identity is recorded when it tells it: `x-pid` /
 //!   `x-generation` headers, or `pid=N` / `generation=N` in the body (first
-//!   1 KiB) or the reply line.
+//!   1 KiB) or the reply line, or the `<pid>` of a `<pid> <line sent>` echo.
+//!
+//! Besides the attempts, the report follows connections:
+//!
+//! * [`Protocol::LongLived`]: per worker, a [`LineConnection`] — how many
+//!   times it was opened (1 = never reopened), whether the server closed or
+//!   reset it, bytes sent and bytes whose echo was verified in order, and the
+//!   distinct pids that served it, in order ([`Report::long_lived_totals`]);
+//! * HTTP keep-alive workers: per TCP connection, a [`KeepAliveConnection`]
+//!   — closed by the server with `Connection: close`, closed without it (EOF
+//!   or reset between requests), kept to the end, or given up after another
+//!   failure, and the pids that answered on it ([`Report::keep_alive_totals`]).
+//!
+//! For servers that echo, [`LoadConfig::echo_check`] makes the line
+//! protocols number each line (`c<worker>-<seq> <message>`) and require the
+//! reply `<pid> <that line>`: a line lost, duplicated or reordered is a
+//! `Malformed` failure naming the expected and the received seq.
+//! [`LoadConfig::lines_per_exchange`] writes several lines per exchange.
 //!
 //! Runs are bounded by [`LoadConfig::duration`] and optionally
 //! [`LoadConfig::max_requests`]; attempts in flight when the run stops are
@@ -45,6 +62,8 @@
 #![warn(missing_docs)]
 
 mod config;
+mod connections;
+mod echo;
 mod http;
 mod identity;
 mod line;
@@ -63,6 +82,9 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 pub use config::{LoadConfig, Mode, Protocol};
+pub use connections::{
+    ConnectionEnd, KeepAliveConnection, KeepAliveTotals, LineConnection, LongLivedTotals,
+};
 pub use http::MAX_HEAD_BYTES;
 pub use line_worker::LINE_STATUS;
 pub use outcome::{Failure, FailureKind, Outcome, Sample};
@@ -131,10 +153,16 @@ pub async fn run_from(
     let mut stop = std::pin::pin!(stop);
     let mut stopping = false;
     let mut samples = Vec::new();
+    let mut line_connections = Vec::new();
+    let mut keep_alive_connections = Vec::new();
     loop {
         tokio::select! {
             joined = workers.join_next() => match joined {
-                Some(Ok(worker_samples)) => samples.extend(worker_samples),
+                Some(Ok(output)) => {
+                    samples.extend(output.samples);
+                    line_connections.extend(output.line_connection);
+                    keep_alive_connections.extend(output.keep_alive);
+                }
                 Some(Err(err)) => match err.try_into_panic() {
                     Ok(panic) => std::panic::resume_unwind(panic),
                     Err(err) => panic!("load worker task failed: {err}"),
@@ -148,9 +176,13 @@ pub async fn run_from(
         }
     }
     samples.sort_by_key(|s| s.start);
+    line_connections.sort_by_key(|c: &LineConnection| c.worker);
+    keep_alive_connections.sort_by_key(|c: &KeepAliveConnection| (c.opened_at, c.worker));
     Report {
         config: shared.config.clone(),
         elapsed: started.elapsed(),
         samples,
+        line_connections,
+        keep_alive_connections,
     }
 }

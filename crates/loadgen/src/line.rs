@@ -1,5 +1,5 @@
-//! A line-protocol client over a plain [`TcpStream`]: write a message, read
-//! one `\n`-terminated line back. Used by [`Protocol::Tcp`] and
+//! A line-protocol client over a plain [`TcpStream`]: write lines, read
+//! `\n`-terminated lines back. Used by [`Protocol::Tcp`] and
 //! [`Protocol::LongLived`](crate::Protocol::LongLived).
 //!
 //! Like the HTTP client it never probes a connection before using it and
@@ -35,32 +35,25 @@ impl LineConn {
         })
     }
 
-    /// Writes `message` and reads exactly one line back (returned without its
-    /// line ending).
-    ///
-    /// Bytes after the line that arrived in the same read mean the server
-    /// answered with more than one line: a [`FailureKind::Malformed`] failure
-    /// ("wrong count"), since the connection is then out of step.
-    pub async fn exchange(&mut self, message: &[u8]) -> Result<String, Failure> {
+    /// Writes `bytes` (one or more lines).
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         self.stream
-            .write_all(message)
+            .write_all(bytes)
             .await
-            .map_err(|e| Failure::from_io(&e, "write message"))?;
+            .map_err(|e| Failure::from_io(&e, "write message"))
+    }
+
+    /// Reads one line and returns it without its line ending; bytes after it
+    /// stay buffered for the next call.
+    pub async fn read_line(&mut self) -> Result<String, Failure> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let extra = self.buf.len() - end - 1;
-                if extra > 0 {
-                    let detail = format!(
-                        "wrong count: {extra} more bytes after the reply line to one message"
-                    );
-                    return Err(Failure::new(FailureKind::Malformed, detail));
-                }
                 let mut line = &self.buf[..end];
                 if line.last() == Some(&b'\r') {
                     line = &line[..line.len() - 1];
                 }
                 let line = String::from_utf8_lossy(line).into_owned();
-                self.buf.clear();
+                self.buf.drain(..=end);
                 return Ok(line);
             }
             if self.buf.len() >= MAX_REPLY_BYTES {
@@ -81,5 +74,28 @@ impl LineConn {
                 return Err(Failure::new(FailureKind::Eof, detail));
             }
         }
+    }
+
+    /// After the replies to `lines` lines were read: bytes already received
+    /// beyond them mean the server answered with more lines than it was sent,
+    /// a [`FailureKind::Malformed`] failure ("wrong count"), since the
+    /// connection is then out of step.
+    pub fn expect_no_more(&self, lines: usize) -> Result<(), Failure> {
+        let extra = self.buf.len();
+        if extra == 0 {
+            return Ok(());
+        }
+        let detail = if lines == 1 {
+            format!("wrong count: {extra} more bytes after the reply line to one message")
+        } else {
+            format!("wrong count: {extra} more bytes after the reply lines to {lines} lines")
+        };
+        Err(Failure::new(FailureKind::Malformed, detail))
+    }
+
+    /// Whether the server has closed or reset the connection, seen within
+    /// `wait`, without writing anything (for the end of a run).
+    pub async fn peer_closed(&self, wait: Duration) -> Option<FailureKind> {
+        crate::http::peer_closed(&self.stream, wait).await
     }
 }

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::LoadConfig;
+use crate::config::{LoadConfig, Mode, Protocol};
+use crate::connections::{KeepAliveConnection, KeepAliveTotals, LineConnection, LongLivedTotals};
 use crate::outcome::{FailureKind, Sample};
 
 /// Everything that happened during one run.
@@ -16,6 +17,12 @@ pub struct Report {
     pub elapsed: Duration,
     /// One sample per attempt, ordered by start offset.
     pub samples: Vec<Sample>,
+    /// [`Protocol::LongLived`]: each worker's connection over the run, by
+    /// worker (empty for the other protocols).
+    pub line_connections: Vec<LineConnection>,
+    /// HTTP keep-alive workers: every connection they opened, in the order
+    /// opened (empty for the other protocols and in [`Mode::Close`]).
+    pub keep_alive_connections: Vec<KeepAliveConnection>,
 }
 
 impl Report {
@@ -88,6 +95,20 @@ impl Report {
         self.samples.iter().filter_map(|s| s.pid.clone()).collect()
     }
 
+    /// Totals of [`Report::line_connections`]; `None` unless the run used
+    /// [`Protocol::LongLived`].
+    pub fn long_lived_totals(&self) -> Option<LongLivedTotals> {
+        (self.config.protocol == Protocol::LongLived)
+            .then(|| LongLivedTotals::of(&self.line_connections))
+    }
+
+    /// Totals of [`Report::keep_alive_connections`]; `None` unless the run
+    /// had HTTP keep-alive workers.
+    pub fn keep_alive_totals(&self) -> Option<KeepAliveTotals> {
+        (self.config.protocol == Protocol::Http && self.config.mode != Mode::Close)
+            .then(|| KeepAliveTotals::of(&self.keep_alive_connections))
+    }
+
     /// Human descriptions of the first `n` failures (kind, start offset,
     /// worker, connection, detail), for assertion messages.
     pub fn first_failures(&self, n: usize) -> Vec<String> {
@@ -135,6 +156,12 @@ impl Report {
             join(self.distinct_generations()),
             join(self.distinct_pids())
         ));
+        if let Some(totals) = self.long_lived_totals() {
+            out.push_str(&format!("; {totals}"));
+        }
+        if let Some(totals) = self.keep_alive_totals() {
+            out.push_str(&format!("; {totals}"));
+        }
         if let Some(first) = self.first_failures(1).pop() {
             out.push_str(&format!("; first failure: {first}"));
         }
@@ -185,6 +212,8 @@ mod tests {
             config: LoadConfig::new("127.0.0.1:1".parse().unwrap()),
             elapsed: Duration::from_secs(1),
             samples,
+            line_connections: Vec::new(),
+            keep_alive_connections: Vec::new(),
         };
         let ms = Duration::from_millis;
         assert_eq!(report.percentile(50.0), Some(ms(5)));
