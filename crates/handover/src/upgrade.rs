@@ -11,12 +11,12 @@ use crate::handover::Inner;
 use crate::{DrainOrder, DrainReason, Error, Handover, Result, SuccessorFailure};
 use handover_mechanism::child::{self, Child, ExitStatus};
 use handover_mechanism::notify::NotifyReceiver;
-use handover_wire::channel::Channel;
 use handover_mechanism::pidfile;
 use handover_mechanism::protocol::{
     HANDOVER_GENERATION, HANDOVER_PARENT_PID, HANDOVER_STATE, HANDOVER_UPSTREAM_NOTIFY_SOCKET,
     MIGRATE_FD_NAME, NOTIFY_SOCKET, STATE_FD_NAME, TAKEOVER_FD_NAME,
 };
+use handover_wire::channel::Channel;
 
 /// Where a process is in its life ([`Handover::phase`]).
 ///
@@ -248,9 +248,9 @@ fn commit(
         });
     }
     // The successor's `hello` is already queued if it migrates connections.
-    let give = migration.filter(successor_migrates).map(|channel| {
-        (crate::migration::start_giving(inner), channel)
-    });
+    let give = migration
+        .filter(successor_migrates)
+        .map(|channel| (crate::migration::start_giving(inner), channel));
     commit_to(inner, phase, pid, took);
     if let Some((give, channel)) = give {
         crate::migration::give_from_thread(give, channel);

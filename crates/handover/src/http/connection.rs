@@ -142,7 +142,8 @@ where
         let response = handler(request);
         async move { response.await.map_err(|e| HandlerError(e.into())) }
     });
-    let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
+    let conn =
+        http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

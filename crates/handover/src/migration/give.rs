@@ -91,8 +91,7 @@ impl Migration {
     /// Whether connections of `listener` may be handed over now: migration is
     /// on for it and the successor still takes connections.
     pub fn accepts(&self, listener: &str) -> bool {
-        !self.give.off(listener)
-            && self.give.outbox.read(|o| o.closed.is_none())
+        !self.give.off(listener) && self.give.outbox.read(|o| o.closed.is_none())
     }
 
     /// Hands `migrant` to the successor and waits for its answer (a batch
@@ -204,7 +203,94 @@ fn send_all(give: &Give, channel: &Channel) -> Result<String, handover_wire::Err
         }
         moved += took;
         kept += count - took;
-        tracing::info!(batch, taken = took, kept = count - took, room, "migrated connections");
+        tracing::info!(
+            batch,
+            taken = took,
+            kept = count - took,
+            room,
+            "migrated connections"
+        );
         batch = batch.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn accepted(listener: &TcpListener) -> (Migrant, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let migrant = Migrant {
+            listener: "echo".into(),
+            stream,
+            unread: b"par".to_vec(),
+            state: Vec::new(),
+        };
+        (migrant, client)
+    }
+
+    /// Runs the sending thread against a fake successor, `successor`.
+    fn with_successor(successor: impl FnOnce(Channel) + Send + 'static) -> Migration {
+        let (old, new) = Channel::pair().unwrap();
+        let give = Give::new(vec!["off".into()]);
+        std::thread::spawn(move || successor(new));
+        let sender = Arc::clone(&give);
+        std::thread::spawn(move || run(&sender, &old));
+        Migration::new(give)
+    }
+
+    #[test]
+    fn a_connection_the_successor_takes_is_closed_here_and_one_it_refuses_is_given_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let migration = with_successor(|channel| {
+            migrate::offer_room(&channel, 10).unwrap();
+            let mut answered = 0;
+            while answered < 2 {
+                let (batch, got) = migrate::receive_batch(&channel).unwrap().unwrap();
+                let taken = vec![answered == 0; got.len()];
+                answered += got.len();
+                migrate::answer(&channel, batch, taken, 10).unwrap();
+            }
+        });
+        let (first, _c1) = accepted(&listener);
+        assert!(migration.hand_over(first).is_ok());
+        let (second, _c2) = accepted(&listener);
+        let kept = migration.hand_over(second).unwrap_err();
+        assert_eq!(kept.migrant.unread, b"par", "given back untouched");
+        assert!(kept.why.contains("did not take"), "{}", kept.why);
+    }
+
+    #[test]
+    fn a_successor_that_dies_before_answering_leaves_every_connection_here() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let migration = with_successor(|channel| {
+            migrate::offer_room(&channel, 10).unwrap();
+            let _ = migrate::receive_batch(&channel);
+            drop(channel); // dies: no `taken`
+        });
+        let (migrant, _client) = accepted(&listener);
+        let kept = migration.hand_over(migrant).unwrap_err();
+        assert!(kept.why.contains("did not answer"), "{}", kept.why);
+        let (later, _client) = accepted(&listener);
+        assert!(!migration.accepts("echo"), "no more after a failure");
+        assert!(migration.hand_over(later).is_err());
+    }
+
+    #[test]
+    fn a_listener_with_migration_off_or_a_full_successor_keeps_its_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let migration = with_successor(|channel| {
+            migrate::offer_room(&channel, 0).unwrap();
+            let _ = migrate::receive_batch(&channel);
+        });
+        let (mut off, _c) = accepted(&listener);
+        off.listener = "off".into();
+        assert!(!migration.accepts("off"));
+        assert!(migration.hand_over(off).unwrap_err().why.contains("off"));
+        let (migrant, _c) = accepted(&listener);
+        let kept = migration.hand_over(migrant).unwrap_err();
+        assert!(kept.why.contains("no room"), "{}", kept.why);
     }
 }

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 pub use handover_testkit::*;
 use rustix::process::Signal;
 
+pub mod clients;
+pub mod takeover;
+pub use takeover::Takeover;
+
 /// A running `hello` and all the pids it has had.
 pub struct Server {
     pub scratch: Scratch,
@@ -98,6 +102,27 @@ impl Server {
             || (server.current_pid() == Some(pid)).then_some(()),
         );
         server
+    }
+
+    /// The address of the next listener the server announced with `scheme`
+    /// (`tcp` for `--echo`), from its start-up lines.
+    pub fn listening(&self, scheme: &str) -> SocketAddr {
+        let prefix = format!("{scheme}://");
+        loop {
+            let line = self
+                .stdout
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("no {scheme} listener announced; log:\n{}", self.log_text())
+                });
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(prefix.as_str()))
+                .and_then(|addr| addr.parse().ok())
+            {
+                return addr;
+            }
+        }
     }
 
     pub fn log_text(&self) -> String {
