@@ -35,6 +35,7 @@ mod clock;
 mod handoff;
 mod latency;
 mod machine;
+mod migrate;
 mod procs;
 mod ready_to_stop;
 mod rescue;
@@ -67,6 +68,8 @@ enum Command {
     Rescue(rescue::Args),
     /// The wire protocol's takeover: N sockets from connect to acknowledged, 64 MiB of state.
     Takeover(takeover::Args),
+    /// Live connection migration at an upgrade of `hello --echo`: time, pause, memory.
+    Migrate(migrate::Args),
     /// All three with default parameters, printed as one Markdown section.
     All,
     /// A generation of the `handoff` chain (started by `handoff`).
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             Command::Latency(args) => latency::run(args),
             Command::Rescue(args) => rescue::run(args),
             Command::Takeover(args) => takeover::run(args),
+            Command::Migrate(args) => migrate::run(args),
             _ => all(),
         }),
     };

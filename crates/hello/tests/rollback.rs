@@ -45,8 +45,9 @@ fn failing_successors_roll_back_without_losing_a_request() {
     );
 
     // 2. The new binary never becomes ready. While it waits, it holds exactly
-    //    stdin/out/err, the one named socket and the state hello hands over
-    //    (its boot history, in a sealed memfd): no client connection, no pipe.
+    //    stdin/out/err, the one named socket, the state hello hands over
+    //    (its boot history, in a sealed memfd) and its end of the migration
+    //    channel: no client connection, no pipe.
     server.install_script("exec sleep 30");
     let mark = server.log_text().len();
     signal(pid, Signal::HUP);
@@ -62,11 +63,15 @@ fn failing_successors_roll_back_without_losing_a_request() {
     );
     let held = fds_of(successor);
     let numbers: Vec<u32> = held.iter().map(|(fd, _)| *fd).collect();
-    assert_eq!(numbers, [0, 1, 2, 3, 4], "successor fds: {held:?}");
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "successor fds: {held:?}");
     assert_eq!(held[3].1, listener, "fd 3 is the very listening socket");
     assert!(
         held[4].1.starts_with("/memfd:handover-state"),
         "fd 4: {held:?}"
+    );
+    assert!(
+        held[5].1.starts_with("socket:") && held[5].1 != listener,
+        "fd 5, the migration channel: {held:?}"
     );
     assert!(
         fds_of(pid).len() > fds_before.len(),

@@ -116,7 +116,9 @@ fn drain_ends_when_the_last_connection_ends_not_at_the_deadline() {
 
 #[test]
 fn an_idle_keepalive_connection_is_closed_at_the_deadline() {
-    let mut server = Server::start("deadline", &["--drain-timeout", "700ms"]);
+    // Without migration (with it, the connection would move to the successor:
+    // tests/migration.rs).
+    let mut server = Server::start("deadline", &["--drain-timeout", "700ms", "--no-migration"]);
     let mut idle = send(server.addr, "/");
     assert!(read_response(&mut idle)
         .unwrap()

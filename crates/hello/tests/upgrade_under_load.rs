@@ -53,10 +53,11 @@ fn twenty_upgrades_under_load_fail_no_request() {
 }
 
 /// A 2-second request that started before an upgrade completes, answered by the
-/// old process after its successor took over.
-#[test]
-fn slow_request_started_before_upgrade_completes_in_old_process() {
-    let mut server = Server::start("slow", &["--startup-delay", "200ms"]);
+/// old process after its successor took over; then its connection moves to the
+/// successor (or, without migration, is told to close).
+fn slow_request_across_an_upgrade(migration: bool) {
+    let extra: &[&str] = if migration { &[] } else { &["--no-migration"] };
+    let mut server = Server::start("slow", extra);
     let first = server.current_pid().unwrap();
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
@@ -74,22 +75,28 @@ fn slow_request_started_before_upgrade_completes_in_old_process() {
         committed < Duration::from_secs(2),
         "the upgrade took {committed:?}"
     );
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let mut pending = Vec::new();
+    let response = clients::read_response(&mut stream, &mut pending).unwrap();
     let answered = sent.elapsed();
-    assert!(response.starts_with("HTTP/1.1 200"), "response: {response}");
-    assert!(
-        response.contains(&format!("x-pid: {old}")),
-        "answered by the old process: {response}"
-    );
-    assert!(
-        response.to_ascii_lowercase().contains("connection: close"),
-        "a draining process closes after the response: {response}"
-    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.pid, old, "answered by the old process");
     assert!(
         answered > committed,
         "answered after the successor took over"
     );
+    if migration {
+        assert!(!response.close, "keep-alive intact: the connection moves");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let next = clients::read_response(&mut stream, &mut pending).unwrap();
+        assert_eq!(next.pid, new, "the same connection, now the successor's");
+    } else {
+        assert!(
+            response.close,
+            "a draining process closes after the response"
+        );
+    }
     server.wait_exit(old, Duration::from_secs(10));
     // New requests now reach the successor.
     let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -99,6 +106,16 @@ fn slow_request_started_before_upgrade_completes_in_old_process() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.contains(&format!("x-pid: {new}")), "{response}");
+}
+
+#[test]
+fn a_slow_request_finishes_in_the_old_process_then_its_connection_moves() {
+    slow_request_across_an_upgrade(true);
+}
+
+#[test]
+fn without_migration_a_slow_request_finishes_in_the_old_process_with_connection_close() {
+    slow_request_across_an_upgrade(false);
 }
 
 /// A successor inherits stdout; if the reader of that pipe is gone, the

@@ -35,6 +35,8 @@ pub struct Hello {
     pgid: u32,
     /// Where it serves.
     pub addr: SocketAddr,
+    /// Its line-echo listener, if started with one (`start_with(…, true)`).
+    pub echo: Option<SocketAddr>,
     /// Its PID file: always names the current generation.
     pub pid_file: PathBuf,
     log: PathBuf,
@@ -45,6 +47,16 @@ pub struct Hello {
 impl Hello {
     /// Starts `exe` on a fresh port in `dir` and waits until it is ready.
     pub fn start(exe: &Path, dir: &Path, startup_delay: Duration) -> Result<Hello, String> {
+        Hello::start_with(exe, dir, startup_delay, false)
+    }
+
+    /// [`Hello::start`], with a line-echo listener too if `echo`.
+    pub fn start_with(
+        exe: &Path,
+        dir: &Path,
+        startup_delay: Duration,
+        echo: bool,
+    ) -> Result<Hello, String> {
         procs::become_subreaper()?;
         let pid_file = dir.join("hello.pid");
         let log = dir.join("hello.log");
@@ -54,6 +66,11 @@ impl Hello {
         let mut child = procs::spawn_group(
             Command::new(exe)
                 .args(["--listen", "127.0.0.1:0", "--drain-timeout", "5s"])
+                .args(if echo {
+                    &["--echo", "127.0.0.1:0"][..]
+                } else {
+                    &[]
+                })
                 .args(["--ready-timeout", "30s", "--startup-delay"])
                 .arg(humantime::format_duration(startup_delay).to_string())
                 .arg("--pid-file")
@@ -70,17 +87,29 @@ impl Hello {
         let mut hello = Hello {
             pgid,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            echo: None,
             pid_file,
             log,
             finished: false,
         };
-        let first_line = first_line(stdout, Duration::from_secs(20))
-            .ok_or_else(|| format!("hello printed nothing; {}", hello.log_tail()))?;
-        hello.addr = first_line
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("http://"))
-            .and_then(|addr| addr.parse().ok())
-            .ok_or_else(|| format!("unexpected first line from hello: {first_line:?}"))?;
+        let lines = first_lines(stdout, 1 + usize::from(echo), Duration::from_secs(20));
+        let find = |scheme: &str| {
+            lines.iter().find_map(|line| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(scheme))
+                    .and_then(|addr| addr.parse().ok())
+            })
+        };
+        hello.addr = find("http://").ok_or_else(|| {
+            format!(
+                "unexpected lines from hello: {lines:?}; {}",
+                hello.log_tail()
+            )
+        })?;
+        if echo {
+            hello.echo =
+                Some(find("tcp://").ok_or_else(|| format!("no echo listener in {lines:?}"))?);
+        }
         let deadline = Instant::now() + startup_delay + Duration::from_secs(20);
         while hello.current_pid() != Some(pgid) {
             if Instant::now() >= deadline || procs::has_exited(pgid) {
@@ -94,6 +123,11 @@ impl Hello {
     /// The current generation's pid, from the PID file.
     pub fn current_pid(&self) -> Option<u32> {
         read_pid(&self.pid_file)
+    }
+
+    /// The server log (every generation writes to it).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 
     /// The end of the server log, for error messages.
@@ -139,16 +173,24 @@ pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// The first line of `stdout`, waiting up to `timeout`. A thread keeps reading
-/// (and discarding) later lines, so that no generation blocks on a full pipe;
-/// it ends when the last generation closes the pipe.
-fn first_line(stdout: Option<std::process::ChildStdout>, timeout: Duration) -> Option<String> {
-    let stdout = stdout?;
+/// The first `count` lines of `stdout`, waiting up to `timeout` for each. A
+/// thread keeps reading (and discarding) later lines, so that no generation
+/// blocks on a full pipe; it ends when the last generation closes the pipe.
+fn first_lines(
+    stdout: Option<std::process::ChildStdout>,
+    count: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let Some(stdout) = stdout else {
+        return Vec::new();
+    };
     let (send, receive) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = send.send(line);
         }
     });
-    receive.recv_timeout(timeout).ok()
+    (0..count)
+        .map_while(|_| receive.recv_timeout(timeout).ok())
+        .collect()
 }

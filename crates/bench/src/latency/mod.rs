@@ -16,7 +16,7 @@
 //! and A2. Every failed request is counted and listed.
 
 mod analysis;
-mod hello;
+pub(crate) mod hello;
 mod table;
 mod upgrader;
 

@@ -138,16 +138,24 @@ where
     E: Into<BoxError> + 'static,
 {
     let handler = shared.handler.clone();
-    let service = hyper::service::service_fn(move |request| {
-        let response = handler(request);
-        async move { response.await.map_err(|e| HandlerError(e.into())) }
-    });
+    // A connection that has not sent a request yet gets its GOAWAY after the
+    // first one: a GOAWAY before it would cross it, and a client that does
+    // not retry would see that request fail.
+    let asked: Arc<Watch> = Arc::default();
+    let service = {
+        let asked = Arc::clone(&asked);
+        hyper::service::service_fn(move |request| {
+            drop(asked.begin());
+            let response = handler(request);
+            async move { response.await.map_err(|e| HandlerError(e.into())) }
+        })
+    };
     let conn =
         http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = shared.drain.recv() => {
+        () = async { shared.drain.recv().await; asked.wait_asked().await } => {
             // GOAWAY: streams in flight finish, no new one starts.
             conn.as_mut().graceful_shutdown();
             conn.await

@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 #[derive(Default)]
 pub(super) struct Watch {
     in_flight: AtomicUsize,
+    /// Requests that reached the service, ever.
+    asked: AtomicUsize,
     write_pending: AtomicBool,
     /// Whether the connection goes to the successor once idle.
     pub(super) migrating: AtomicBool,
@@ -54,7 +56,19 @@ impl Watch {
     /// A request has reached the service: the guard ends it.
     pub(super) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.asked.fetch_add(1, Ordering::AcqRel);
         InFlight(Arc::clone(self))
+    }
+
+    /// Resolves once a request has reached the service.
+    pub(super) async fn wait_asked(&self) {
+        loop {
+            let changed = self.changed();
+            if self.asked.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn set_write_pending(&self, pending: bool) {
