@@ -125,15 +125,21 @@ fn receive_all(
     channel: &Channel,
 ) -> Result<usize, handover_wire::Error> {
     channel.set_timeout(None)?;
-    migrate::offer_room(channel, room())?;
+    // Counted once (reading /proc/self/fd costs a millisecond with thousands
+    // of fds open), then less what was taken; the 32 fds of slack in the
+    // count cover what the application opens meanwhile.
+    let mut room = room();
+    migrate::offer_room(channel, room)?;
     let mut total = 0;
     while let Some((batch, connections)) = migrate::receive_batch(channel)? {
         let taken: Vec<bool> = connections
             .into_iter()
             .map(|(meta, fd)| take(inboxes, drain, meta, fd))
             .collect();
-        total += taken.iter().filter(|&&t| t).count();
-        migrate::answer(channel, batch, taken, room())?;
+        let took = taken.iter().filter(|&&t| t).count();
+        total += took;
+        room = room.saturating_sub(took as u32);
+        migrate::answer(channel, batch, taken, room)?;
     }
     Ok(total)
 }
