@@ -115,11 +115,12 @@ pub fn send_batch(
     }
 }
 
+/// A batch received: its number, and each connection with its descriptor.
+pub type Batch = (u32, Vec<(Connection, OwnedFd)>);
+
 /// The receiving side: the next batch, or `None` once the giver has closed
 /// the channel (it has nothing more to give, or it is gone).
-pub fn receive_batch(
-    channel: &Channel,
-) -> Result<Option<(u32, Vec<(Connection, OwnedFd)>)>, Error> {
+pub fn receive_batch(channel: &Channel) -> Result<Option<Batch>, Error> {
     let received = match channel.receive() {
         Ok(received) => received,
         Err(Error::Closed) => return Ok(None),

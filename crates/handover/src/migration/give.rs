@@ -37,10 +37,13 @@ struct Outbox {
     closed: Option<String>,
 }
 
+/// Where the successor's verdict on one connection arrives.
+type Answer = Arc<Beacon<Option<Result<(), Kept>>>>;
+
 struct Request {
     migrant: Migrant,
     meta: Connection,
-    answer: Arc<Beacon<Option<Result<(), Kept>>>>,
+    answer: Answer,
 }
 
 impl Request {
@@ -51,7 +54,10 @@ impl Request {
         let result = match outcome {
             // Our copy closes here (close(), not shutdown()): the successor's
             // copy is the connection now.
-            Ok(()) => Ok(drop(migrant)),
+            Ok(()) => {
+                drop(migrant);
+                Ok(())
+            }
             Err(why) => Err(Kept { migrant, why }),
         };
         answer.update(|slot| *slot = Some(result));
@@ -111,7 +117,7 @@ impl Migration {
         answer.wait_for(Option::take).await
     }
 
-    fn enqueue(&self, migrant: Migrant) -> Result<Arc<Beacon<Option<Result<(), Kept>>>>, Kept> {
+    fn enqueue(&self, migrant: Migrant) -> Result<Answer, Kept> {
         let kept = |migrant, why: &str| {
             Err(Kept {
                 migrant,

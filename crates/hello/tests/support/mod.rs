@@ -20,6 +20,8 @@ use rustix::process::Signal;
 
 pub mod clients;
 pub mod takeover;
+// Not every test file uses it (each compiles this module on its own).
+#[allow(unused_imports)]
 pub use takeover::Takeover;
 
 /// A running `hello` and all the pids it has had.
