@@ -277,6 +277,9 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
     let pid = channel
         .peer()
         .map_or(0, |peer| peer.pid.as_raw_nonzero().get() as u32);
+    // A command counts as a connection, so that a drain (after `upgrade` or
+    // `stop`) waits for its reply before the process may exit.
+    let _reply_first = (request != Request::Takeover).then(|| inner.tracker.track());
     let final_reply = match request {
         Request::Takeover => {
             return take_over_by(handover, channel, &agreement, listener, pid, path)
@@ -331,7 +334,8 @@ fn status(handover: &Handover) -> serde_json::Map<String, serde_json::Value> {
         "generation": inner.generation,
         "phase": format!("{:?}", handover.phase()),
         "sockets": sockets,
-        "connections": handover.tracker().active(),
+        // Less the status request itself, which is counted while answered.
+        "connections": handover.tracker().active().saturating_sub(1),
         "pid_file": inner.config.pid_file.as_ref().map(|p| p.display().to_string()),
     });
     match value {
