@@ -11,6 +11,10 @@ use handover_loadgen::{LoadConfig, Mode, Protocol};
 
 use super::Args;
 
+/// Bound on `--lines` (a whole exchange must fit in the socket buffers and
+/// the request timeout).
+const MAX_LINES: usize = 1000;
+
 /// `--mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
@@ -113,6 +117,23 @@ impl Plan {
                 plot.display()
             );
         }
+        let line_protocol = matches!(protocol, Protocol::Tcp | Protocol::LongLived);
+        ensure!(
+            line_protocol || !args.echo_check,
+            "--echo-check goes with the tcp and long-lived protocols (a tcp:// target)"
+        );
+        ensure!(
+            line_protocol || args.lines == 1,
+            "--lines goes with the tcp and long-lived protocols (a tcp:// target)"
+        );
+        ensure!(
+            (1..=MAX_LINES).contains(&args.lines),
+            "--lines must be from 1 to {MAX_LINES}"
+        );
+        ensure!(
+            !args.echo_check || !args.message.trim_end_matches('\n').contains('\n'),
+            "--echo-check needs a one-line --message (it is sent after the line's number)"
+        );
         let mut message = args.message.clone().into_bytes();
         if !message.ends_with(b"\n") {
             message.push(b'\n');
@@ -136,7 +157,9 @@ impl Plan {
             .request_timeout(args.timeout)
             .connect_timeout(args.connect_timeout)
             .message(message)
-            .interval(args.interval);
+            .interval(args.interval)
+            .echo_check(args.echo_check)
+            .lines_per_exchange(args.lines);
         Ok(Plan {
             target: args.target.clone(),
             load,

@@ -18,6 +18,13 @@
 //!
 //! The load engine (HTTP/1.1, plain TCP and long-lived workers that never
 //! retry) is `handover-loadgen`. See docs/CHECK.md for what is measured.
+//!
+//! Besides requests, the report follows connections: each long-lived
+//! connection (survived every upgrade or not, bytes verified in order with
+//! `--echo-check`, the pids that served it) and each HTTP keep-alive
+//! connection (closed by the server, with or without `Connection: close`, or
+//! kept to the end): `long_lived` and `keep_alive` in `--json`, one line
+//! each in the table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +80,24 @@ pub struct Args {
     /// Time between exchanges on each long-lived connection.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "100ms")]
     pub interval: Duration,
+    /// tcp and long-lived: number every line and require its exact echo with the server's pid.
+    ///
+    /// Each line written is `c<connection>-<seq> <message>` (seq counts from 1
+    /// per connection and goes on when it is reopened) and the reply must be
+    /// exactly `<pid> <that line>` (as hello's --echo listener answers). Any
+    /// other reply is a malformed failure naming the expected and the received
+    /// seq: a line lost, duplicated or reordered. The pid is who served the
+    /// connection. Without this flag any one line is a successful reply (a
+    /// `<pid> <message>` reply still tells the pid, as does `pid=N`).
+    #[arg(long)]
+    pub echo_check: bool,
+    /// tcp and long-lived: lines written at once per exchange; as many reply lines must come back.
+    ///
+    /// With more than one line in flight, a lost line shows at once as an
+    /// out-of-order echo (with --echo-check) rather than as a timeout. One
+    /// exchange is one request in the report.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub lines: usize,
     /// How long an upgrade window lasts after the upgrade is over.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1s")]
     pub window_tail: Duration,

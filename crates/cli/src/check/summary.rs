@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover_loadgen::{FailureKind, Sample};
+use handover_loadgen::{FailureKind, Report, Sample};
 use serde::Serialize;
 
 use super::args::Plan;
@@ -51,6 +51,11 @@ pub struct Summary {
     pub answered_by: BTreeMap<String, u64>,
     pub answered_by_pid: BTreeMap<String, u64>,
     pub answered_by_generation: BTreeMap<String, u64>,
+    /// `--protocol long-lived`: each connection over the run (`null` otherwise).
+    pub long_lived: Option<LongLivedSummary>,
+    /// HTTP keep-alive connections and how they ended (`null` without
+    /// keep-alive workers: other protocols, `--mode close`).
+    pub keep_alive: Option<KeepAliveSummary>,
     pub upgrades: Vec<UpgradeSummary>,
     pub upgrade_failures: u64,
     /// Descriptions of the first failed requests.
@@ -63,6 +68,89 @@ pub struct Summary {
     pub verdict: &'static str,
     /// Why it failed (empty on pass).
     pub reasons: Vec<String>,
+}
+
+/// The long-lived connections (one per `--connections`), followed over the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongLivedSummary {
+    pub connections: u64,
+    /// Opened once, no failure, not closed by the server.
+    pub survived: u64,
+    /// Opened more than once (after a failure).
+    pub reopened: u64,
+    /// Closed (EOF) or reset by the server at least once.
+    pub closed_by_server: u64,
+    /// Found closed by the server at the end, after a successful last exchange.
+    pub closed_after_last_exchange: u64,
+    pub served_by_more_than_one_pid: u64,
+    pub bytes_sent: u64,
+    /// Bytes of lines whose echo came back exactly, in order (0 without `--echo-check`).
+    pub bytes_verified: u64,
+    pub echo_check: bool,
+    pub lines_per_exchange: usize,
+    /// By worker.
+    pub per_connection: Vec<LongLivedConnection>,
+    /// The table's line.
+    #[serde(skip)]
+    pub line: String,
+}
+
+/// One long-lived connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongLivedConnection {
+    pub worker: usize,
+    /// TCP connections opened (1 = never reopened).
+    pub opened: u64,
+    pub exchanges: u64,
+    pub failures: u64,
+    pub closed_by_server: bool,
+    pub closed_after_last_exchange: bool,
+    pub bytes_sent: u64,
+    pub bytes_verified: u64,
+    /// Distinct pids that answered on it, in the order first seen.
+    pub pids: Vec<String>,
+    pub survived: bool,
+}
+
+/// Connections listed one by one in `keep_alive.per_connection` (the counts
+/// cover all of them): a server that closes every connection would make the
+/// list as long as the requests.
+const KEEP_ALIVE_LISTED: usize = 1000;
+
+/// The connections of HTTP keep-alive workers and how each ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeepAliveSummary {
+    pub opened: u64,
+    /// `closed_announced + closed_unannounced`.
+    pub closed_by_server: u64,
+    /// The response said close: `Connection: close` (or HTTP/1.0 without
+    /// keep-alive, or a body ended by the close).
+    pub closed_announced: u64,
+    /// EOF or reset between requests, or found closed at the end.
+    pub closed_unannounced: u64,
+    pub kept: u64,
+    /// Given up by the client after a timeout, bad status or malformed response.
+    pub dropped_after_failure: u64,
+    /// The first connections opened, at most 1000.
+    pub per_connection: Vec<KeepAliveConnection>,
+    /// `per_connection` is not all of them.
+    pub per_connection_truncated: bool,
+    /// The table's line.
+    #[serde(skip)]
+    pub line: String,
+}
+
+/// One HTTP keep-alive connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeepAliveConnection {
+    pub worker: usize,
+    pub opened_s: f64,
+    /// Complete responses received on it.
+    pub responses: u64,
+    /// `kept`, `closed_announced`, `closed_unannounced` or `dropped_after_failure`.
+    pub end: &'static str,
+    /// Distinct pids that answered on it, in the order first seen.
+    pub pids: Vec<String>,
 }
 
 /// Failed requests by kind.
@@ -217,6 +305,17 @@ impl Summary {
         if samples.is_empty() {
             reasons.push("no request was made".to_owned());
         }
+        let long_lived = long_lived_summary(report);
+        if let Some(closed) = long_lived
+            .as_ref()
+            .map(|l| l.closed_after_last_exchange)
+            .filter(|&n| n > 0)
+        {
+            // No failed request says so: the close came after the last one.
+            reasons.push(format!(
+                "{closed} long-lived connection(s) closed by the server after their last exchange"
+            ));
+        }
         if outcome.interrupted {
             reasons.push("interrupted by Ctrl-C before the end of the run".to_owned());
         }
@@ -249,6 +348,8 @@ impl Summary {
             answered_by,
             answered_by_pid: by_pid,
             answered_by_generation: by_generation,
+            long_lived,
+            keep_alive: keep_alive_summary(report),
             upgrades,
             upgrade_failures,
             first_failures: samples
@@ -271,6 +372,67 @@ impl Summary {
     pub fn passed(&self) -> bool {
         self.reasons.is_empty()
     }
+}
+
+fn long_lived_summary(report: &Report) -> Option<LongLivedSummary> {
+    let totals = report.long_lived_totals()?;
+    let per_connection = report
+        .line_connections
+        .iter()
+        .map(|c| LongLivedConnection {
+            worker: c.worker,
+            opened: c.opened,
+            exchanges: c.exchanges,
+            failures: c.failures,
+            closed_by_server: c.closed_by_server,
+            closed_after_last_exchange: c.closed_after_last_exchange,
+            bytes_sent: c.bytes_sent,
+            bytes_verified: c.bytes_verified,
+            pids: c.pids.clone(),
+            survived: c.survived(),
+        })
+        .collect();
+    Some(LongLivedSummary {
+        connections: totals.connections as u64,
+        survived: totals.survived as u64,
+        reopened: totals.reopened as u64,
+        closed_by_server: totals.closed_by_server as u64,
+        closed_after_last_exchange: totals.closed_after_last_exchange as u64,
+        served_by_more_than_one_pid: totals.served_by_more_than_one_pid as u64,
+        bytes_sent: totals.bytes_sent,
+        bytes_verified: totals.bytes_verified,
+        echo_check: report.config.echo_check,
+        lines_per_exchange: report.config.lines_per_exchange,
+        per_connection,
+        line: totals.to_string(),
+    })
+}
+
+fn keep_alive_summary(report: &Report) -> Option<KeepAliveSummary> {
+    let totals = report.keep_alive_totals()?;
+    let all = &report.keep_alive_connections;
+    let per_connection = all
+        .iter()
+        .take(KEEP_ALIVE_LISTED)
+        .map(|c| KeepAliveConnection {
+            worker: c.worker,
+            opened_s: secs(c.opened_at),
+            responses: c.responses,
+            end: c.end.as_str(),
+            pids: c.pids.clone(),
+        })
+        .collect();
+    Some(KeepAliveSummary {
+        opened: totals.opened as u64,
+        closed_by_server: totals.closed_by_server as u64,
+        closed_announced: totals.closed_announced as u64,
+        closed_unannounced: totals.closed_unannounced as u64,
+        kept: totals.kept as u64,
+        dropped_after_failure: totals.dropped_after_failure as u64,
+        per_connection,
+        per_connection_truncated: all.len() > KEEP_ALIVE_LISTED,
+        line: totals.to_string(),
+    })
 }
 
 type Counts = BTreeMap<String, u64>;

@@ -4,6 +4,9 @@ use std::fmt::Write as _;
 
 use super::summary::{LatencyStats, Summary};
 
+/// Long-lived connections that did not survive, listed one by one.
+const BROKEN_LISTED: usize = 5;
+
 /// The whole table, ending with the verdict line.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -85,6 +88,35 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(w, "answered by {answered}");
     if !s.answered_by_generation.is_empty() && !s.answered_by_pid.is_empty() {
         let _ = writeln!(w, "            {}", list("pid", &s.answered_by_pid));
+    }
+    if let Some(long_lived) = &s.long_lived {
+        let _ = writeln!(w, "{}", long_lived.line);
+        let broken: Vec<_> = long_lived
+            .per_connection
+            .iter()
+            .filter(|c| !c.survived)
+            .collect();
+        for c in broken.iter().take(BROKEN_LISTED) {
+            let closed = if c.closed_by_server {
+                ", closed by the server"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                w,
+                "  connection {}: opened {}, failed exchanges {}{closed}; pids [{}]",
+                c.worker,
+                c.opened,
+                c.failures,
+                c.pids.join(", ")
+            );
+        }
+        if broken.len() > BROKEN_LISTED {
+            let _ = writeln!(w, "  … and {} more", broken.len() - BROKEN_LISTED);
+        }
+    }
+    if let Some(keep_alive) = &s.keep_alive {
+        let _ = writeln!(w, "{}", keep_alive.line);
     }
     if !s.upgrades.is_empty() {
         let _ = writeln!(w);
