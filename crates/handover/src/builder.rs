@@ -84,6 +84,9 @@ impl Builder {
 
     /// The executable an upgrade starts. Default: this process's executable path
     /// as it was at start (so a new binary renamed into place is picked up).
+    /// Another program gets exactly the systemd contract (`LISTEN_FDS`, …)
+    /// and no migration channel, so connections drain at such an upgrade
+    /// (takeovers still migrate them).
     pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
         self.program = Some(path.into());
         self
@@ -162,7 +165,7 @@ impl Builder {
         self
     }
 
-    /// Whether connections of `listener` migrate.
+    /// Whether connections of `listener` migrate (`"*"`: whether any may).
     pub(crate) fn migrates(&self, listener: &str) -> bool {
         !self.no_migration.iter().any(|n| n == listener || n == "*")
     }

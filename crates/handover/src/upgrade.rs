@@ -131,13 +131,13 @@ fn run(inner: &Inner) -> Result<u32> {
     };
     let takeover = inner.takeover_socket();
     // The migration channel: the successor says `hello` on its end before
-    // READY=1; connections follow after the commit.
-    let (migration, theirs) = match Channel::pair() {
-        Ok((ours, theirs)) => (Some(ours), Some(theirs)),
-        Err(error) => {
-            tracing::warn!(%error, "no migration channel; connections will drain");
-            (None, None)
-        }
+    // READY=1; connections follow after the commit. Only for a re-exec of this
+    // very program: another program (`Builder::program`) gets the exact
+    // systemd contract, with no fd it would not know.
+    let migrates = inner.config.program.is_none() && inner.config.migrates("*");
+    let (migration, theirs) = match Channel::pair().ok().filter(|_| migrates) {
+        Some((ours, theirs)) => (Some(ours), Some(theirs)),
+        None => (None, None),
     };
     let successor = {
         let registry = inner.registry();
