@@ -183,3 +183,123 @@ fn hello_upgraded_three_times_passes_with_every_generation_answering() {
     }
     pids.end_all();
 }
+
+/// `hello --echo` started like the test above; its pids, PID file, and the
+/// lines it printed (its addresses).
+fn start_hello_with_echo(dir: &Scratch) -> (Pids, PathBuf, String) {
+    let hello = hello_binary();
+    let pid_file = dir.path("hello.pid");
+    let out = dir.path("hello.out");
+    let child = Command::new(&hello)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--echo",
+            "127.0.0.1:0",
+            "--pid-file",
+        ])
+        .arg(&pid_file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hello");
+    let pids = Pids(BTreeSet::from([child.id()]));
+    drop(child);
+    let started = Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "hello never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    (pids, pid_file, lines)
+}
+
+fn address(lines: &str, scheme: &str) -> String {
+    lines
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(scheme))
+        .unwrap_or_else(|| panic!("no {scheme} address in {lines:?}"))
+        .to_owned()
+}
+
+#[test]
+fn check_reports_every_connection_kept_across_upgrades_of_a_migrating_hello() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let dir = Scratch::new("hello-migrate");
+    let (mut pids, pid_file, lines) = start_hello_with_echo(&dir);
+    let upgrade = format!("kill -HUP $(cat '{}')", pid_file.display());
+    let schedule = ["--every", "700ms", "--upgrade-count", "3", "--json"];
+    let echo = address(&lines, "tcp://");
+    let mut args = vec![
+        "--target".to_owned(),
+        format!("tcp://{echo}"),
+        "--protocol".into(),
+        "long-lived".into(),
+        "--echo-check".into(),
+        "--interval".into(),
+        "20ms".into(),
+        "--connections".into(),
+        "20".into(),
+        "--upgrade".into(),
+        upgrade.clone(),
+    ];
+    args.extend(schedule.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = check(&args);
+    let json = run.json();
+    assert_eq!(run.code, 0, "{run:?}");
+    let long_lived = &json["long_lived"];
+    assert_eq!(long_lived["connections"], 20, "{run:?}");
+    assert_eq!(
+        long_lived["survived"], 20,
+        "every connection survived: {run:?}"
+    );
+    assert_eq!(long_lived["served_by_more_than_one_pid"], 20, "{run:?}");
+    assert!(
+        long_lived["bytes_verified"].as_u64().unwrap() > 0,
+        "{run:?}"
+    );
+
+    let http = address(&lines, "http://");
+    let mut args = vec![
+        "--target".to_owned(),
+        format!("http://{http}/"),
+        "--mode".into(),
+        "keep-alive".into(),
+        "--connections".into(),
+        "4".into(),
+        "--upgrade".into(),
+        upgrade,
+    ];
+    args.extend(schedule.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = check(&args);
+    let json = run.json();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(json["keep_alive"]["closed_by_server"], 0, "{run:?}");
+    assert_eq!(json["keep_alive"]["opened"], 4, "{run:?}");
+    if let Some(current) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+    {
+        pids.0.insert(current);
+    }
+    for line in std::fs::read_to_string(dir.path("hello.out"))
+        .unwrap()
+        .lines()
+    {
+        if let Some(pid) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+        {
+            pids.0.insert(pid);
+        }
+    }
+    pids.end_all();
+}
