@@ -30,6 +30,7 @@ use crate::beacon::Beacon;
 
 /// Why the process is draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DrainReason {
     /// A successor is ready and accepting on the same sockets.
     Upgraded {

@@ -8,6 +8,7 @@ use handover_mechanism::protocol::env::EnvError;
 
 /// Everything that can go wrong; each message says what happened and what was kept.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The inherited environment (`LISTEN_*`, `HANDOVER_*`) is malformed.
     #[error("invalid inherited environment: {0}")]
