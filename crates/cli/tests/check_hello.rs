@@ -79,44 +79,9 @@ impl Drop for Pids {
 #[test]
 fn hello_upgraded_three_times_passes_with_every_generation_answering() {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
-    let hello = hello_binary();
     let dir = Scratch::new("hello");
-    let pid_file = dir.path("hello.pid");
-    // stdout to a file, not a pipe: every generation inherits it and prints
-    // its address there (a closed pipe would kill the successors).
-    let log = dir.path("hello.out");
-    let child = Command::new(&hello)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--startup-delay",
-            "200ms",
-            "--pid-file",
-        ])
-        .arg(&pid_file)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hello");
-    // Reaped through waitpid in `Pids`, like every later generation.
-    let mut pids = Pids(BTreeSet::from([child.id()]));
-    drop(child);
-    let started = Instant::now();
-    while !pid_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "hello never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let first_line = std::fs::read_to_string(&log).unwrap();
-    let addr = first_line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("unexpected output {first_line:?}"))
-        .to_owned();
+    let (mut pids, pid_file, lines) = start_hello(&dir, &["--startup-delay", "200ms"]);
+    let addr = address(&lines, "http://");
 
     let upgrade = format!("kill -HUP $(cat '{}')", pid_file.display());
     let run = check(&[
@@ -184,20 +149,18 @@ fn hello_upgraded_three_times_passes_with_every_generation_answering() {
     pids.end_all();
 }
 
-/// `hello --echo` started like the test above; its pids, PID file, and the
-/// lines it printed (its addresses).
-fn start_hello_with_echo(dir: &Scratch) -> (Pids, PathBuf, String) {
+/// `hello --listen 127.0.0.1:0 EXTRA` with a PID file, its stdout in a file
+/// (every generation inherits it and prints its addresses there; a closed
+/// pipe would kill the successors); once ready: its pids, the PID file and
+/// what it printed.
+fn start_hello(dir: &Scratch, extra: &[&str]) -> (Pids, PathBuf, String) {
     let hello = hello_binary();
     let pid_file = dir.path("hello.pid");
     let out = dir.path("hello.out");
     let child = Command::new(&hello)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--echo",
-            "127.0.0.1:0",
-            "--pid-file",
-        ])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--pid-file")
         .arg(&pid_file)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -205,6 +168,7 @@ fn start_hello_with_echo(dir: &Scratch) -> (Pids, PathBuf, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start hello");
+    // Reaped through waitpid in `Pids`, like every later generation.
     let pids = Pids(BTreeSet::from([child.id()]));
     drop(child);
     let started = Instant::now();
@@ -231,7 +195,7 @@ fn address(lines: &str, scheme: &str) -> String {
 fn check_reports_every_connection_kept_across_upgrades_of_a_migrating_hello() {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     let dir = Scratch::new("hello-migrate");
-    let (mut pids, pid_file, lines) = start_hello_with_echo(&dir);
+    let (mut pids, pid_file, lines) = start_hello(&dir, &["--echo", "127.0.0.1:0"]);
     let upgrade = format!("kill -HUP $(cat '{}')", pid_file.display());
     let schedule = ["--every", "700ms", "--upgrade-count", "3", "--json"];
     let echo = address(&lines, "tcp://");

@@ -210,6 +210,20 @@ fn pipelined_requests_across_migrations_are_answered_in_order() {
     assert!(pids.len() >= 5, "answered by {pids:?}");
 }
 
+/// Starts the next version (with an echo listener) by takeover and waits for
+/// `line` in the log; its pid.
+fn launch_until(takeover: &mut Takeover, line: &str) -> u32 {
+    let mark = takeover.server.log_text().len();
+    let child = takeover.launch(&["--echo", "127.0.0.1:0"]);
+    let new = child.id();
+    drop(child);
+    takeover.server.pids.push(new);
+    takeover
+        .server
+        .wait_log(line, mark, Duration::from_secs(30));
+    new
+}
+
 /// Starts 150 echo connections and waits until each has a reply.
 fn settle_echo(echo: std::net::SocketAddr) -> support::clients::Clients {
     let clients = echo_clients(echo, 150, Duration::from_millis(20));
@@ -226,14 +240,7 @@ fn a_successor_out_of_descriptors_takes_what_fits_and_the_old_one_keeps_the_rest
     let clients = settle_echo(echo);
     // Room for some 40 more descriptors in the new process, not 158.
     takeover.wrapper = vec!["prlimit".into(), "--nofile=96:96".into()];
-    let mark = takeover.server.log_text().len();
-    let child = takeover.launch(&["--echo", "127.0.0.1:0"]);
-    let new = child.id();
-    drop(child);
-    takeover.server.pids.push(new);
-    takeover
-        .server
-        .wait_log("no more connections migrate", mark, Duration::from_secs(30));
+    let new = launch_until(&mut takeover, "no more connections migrate");
     std::thread::sleep(Duration::from_millis(500));
     let seen = clients.stop();
     let http = http.stop();
@@ -263,14 +270,7 @@ fn connections_the_successor_took_die_with_it_and_the_others_stay_with_the_old_o
     let old = takeover.server.current_pid().unwrap();
     let clients = settle_echo(echo);
     takeover.wrapper = vec!["prlimit".into(), "--nofile=96:96".into()];
-    let mark = takeover.server.log_text().len();
-    let child = takeover.launch(&["--echo", "127.0.0.1:0"]);
-    let new = child.id();
-    drop(child);
-    takeover.server.pids.push(new);
-    takeover
-        .server
-        .wait_log("no more connections migrate", mark, Duration::from_secs(30));
+    let new = launch_until(&mut takeover, "no more connections migrate");
     std::thread::sleep(Duration::from_millis(200));
     signal(new, Signal::KILL);
     takeover.server.wait_exit(new, Duration::from_secs(10));
@@ -310,22 +310,7 @@ fn connections_already_taken_live_on_when_the_old_process_is_killed() {
         }
     });
     let clients = settle_echo(echo);
-    let mark = takeover.server.log_text().len();
-    let child = takeover.launch(&["--echo", "127.0.0.1:0"]);
-    let new = child.id();
-    drop(child);
-    takeover.server.pids.push(new);
-    takeover
-        .server
-        .wait_log("migrated connections", mark, Duration::from_secs(30));
-    wait_until(
-        "the echo connections to move",
-        Duration::from_secs(10),
-        || {
-            let log = takeover.server.log_text();
-            (log[mark..].matches("migrated connections").count() >= 1).then_some(())
-        },
-    );
+    let new = launch_until(&mut takeover, "migrated connections");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!exited(old), "the slow request keeps {old} alive");
     signal(old, Signal::KILL);

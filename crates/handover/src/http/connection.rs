@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::io::{Io, Tracked, Watch};
-use super::{BoxError, HandlerError};
+use super::{Handler, HandlerError};
 use crate::migration::Migrant;
 use crate::{ConnectionGuard, DrainReason, DrainSignal, Handover};
 
@@ -56,20 +56,13 @@ impl<F> Shared<F> {
 
 /// Serves one connection: `unread` first (bytes a previous process read),
 /// then the stream. `fresh`: accepted here, so it may be HTTP/2.
-pub(super) async fn serve<F, Fut, B, E>(
-    shared: Arc<Shared<F>>,
+pub(super) async fn serve<H: Handler>(
+    shared: Arc<Shared<H>>,
     stream: TcpStream,
     unread: Vec<u8>,
     fresh: bool,
     _guard: ConnectionGuard,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
+) {
     let mut io = Io::new(unread, stream, Arc::default());
     if fresh {
         match is_http2(&mut io).await {
@@ -128,15 +121,7 @@ async fn is_http2(io: &mut Io) -> Option<bool> {
     }
 }
 
-async fn serve_http2<F, Fut, B, E>(shared: &Shared<F>, io: Io)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
+async fn serve_http2<H: Handler>(shared: &Shared<H>, io: Io) {
     let handler = shared.handler.clone();
     // A connection that has not sent a request yet gets its GOAWAY after the
     // first one: a GOAWAY before it would cross it, and a client that does
@@ -146,7 +131,7 @@ where
         let asked = Arc::clone(&asked);
         hyper::service::service_fn(move |request| {
             drop(asked.begin());
-            let response = handler(request);
+            let response = handler.call(request);
             async move { response.await.map_err(|e| HandlerError(e.into())) }
         })
     };
@@ -172,43 +157,37 @@ type ResponseFuture<B> =
 /// Serves HTTP/1.1 until the connection ends (`None`), or — if it may migrate
 /// and migration is wanted — until it is idle, then detaches it: the stream
 /// and the bytes read ahead, in order.
-async fn serve_http1<F, Fut, B, E>(
-    shared: &Arc<Shared<F>>,
+async fn serve_http1<H: Handler>(
+    shared: &Arc<Shared<H>>,
     io: Io,
     may_migrate: bool,
-) -> Option<(TcpStream, Vec<u8>)>
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
+) -> Option<(TcpStream, Vec<u8>)> {
     let watch: Arc<Watch> = Arc::default();
     let io = Io::new_watched(io, Arc::clone(&watch));
     let service = {
         let (shared, watch) = (Arc::clone(shared), Arc::clone(&watch));
-        hyper::service::service_fn(move |request: Request<Incoming>| -> ResponseFuture<B> {
-            let in_flight = watch.begin();
-            let response = (shared.handler)(request);
-            let (shared, watch) = (Arc::clone(&shared), Arc::clone(&watch));
-            Box::pin(async move {
-                let mut response = response.await.map_err(|e| HandlerError(e.into()))?;
-                // Decided when the response is ready, so that a request in
-                // flight when the drain began also gets it right.
-                if shared.drain.is_draining() {
-                    if may_migrate && shared.migration_wanted() {
-                        watch.migrating.store(true, Ordering::Release);
-                    } else {
-                        response
-                            .headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
+        hyper::service::service_fn(
+            move |request: Request<Incoming>| -> ResponseFuture<H::Body> {
+                let in_flight = watch.begin();
+                let response = shared.handler.call(request);
+                let (shared, watch) = (Arc::clone(&shared), Arc::clone(&watch));
+                Box::pin(async move {
+                    let mut response = response.await.map_err(|e| HandlerError(e.into()))?;
+                    // Decided when the response is ready, so that a request in
+                    // flight when the drain began also gets it right.
+                    if shared.drain.is_draining() {
+                        if may_migrate && shared.migration_wanted() {
+                            watch.migrating.store(true, Ordering::Release);
+                        } else {
+                            response
+                                .headers_mut()
+                                .insert(CONNECTION, HeaderValue::from_static("close"));
+                        }
                     }
-                }
-                Ok(response.map(|body| Tracked::new(body, in_flight)))
-            })
-        })
+                    Ok(response.map(|body| Tracked::new(body, in_flight)))
+                })
+            },
+        )
     };
     let mut conn = http1::Builder::new().serve_connection(TokioIo::new(io), service);
     let mut heard = false;

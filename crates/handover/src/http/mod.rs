@@ -100,19 +100,11 @@ where
     run(listener, shared, arrivals)
 }
 
-async fn run<F, Fut, B, E>(
+async fn run<H: Handler>(
     listener: TcpListener,
-    shared: Arc<connection::Shared<F>>,
+    shared: Arc<connection::Shared<H>>,
     mut arrivals: Option<Arrivals>,
-) -> Summary
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
+) -> Summary {
     let drain = shared.drain.clone();
     let tracker = shared.handover.tracker();
     let mut connections = JoinSet::new();
@@ -182,19 +174,11 @@ async fn next_arrival(arrivals: &Option<Arrivals>) -> Option<crate::migration::M
 }
 
 /// The task serving a migrated connection, unread bytes first.
-fn migrated<F, Fut, B, E>(
-    shared: &Arc<connection::Shared<F>>,
+fn migrated<H: Handler>(
+    shared: &Arc<connection::Shared<H>>,
     migrant: crate::migration::Migrant,
     tracker: &crate::ConnectionTracker,
-) -> Option<impl Future<Output = ()> + Send + 'static>
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let stream = migrant
         .stream
         .set_nonblocking(true)
@@ -211,6 +195,33 @@ where
             tracing::warn!(%error, "a migrated connection cannot be served");
             None
         }
+    }
+}
+
+/// What [`serve`] takes as a handler, its bounds named once for the
+/// connection code: a cloneable async function from a request to a response.
+trait Handler: Clone + Send + Sync + 'static {
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+    type Error: Into<BoxError> + 'static;
+    type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + Send + 'static;
+    fn call(&self, request: Request<Incoming>) -> Self::Future;
+}
+
+impl<F, Fut, B, E> Handler for F
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError> + 'static,
+{
+    type Body = B;
+    type Error = E;
+    type Future = Fut;
+
+    fn call(&self, request: Request<Incoming>) -> Fut {
+        self(request)
     }
 }
 
