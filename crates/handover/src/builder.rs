@@ -167,7 +167,7 @@ impl Builder {
 
     /// Whether connections of `listener` migrate (`"*"`: whether any may).
     pub(crate) fn migrates(&self, listener: &str) -> bool {
-        !self.no_migration.iter().any(|n| n == listener || n == "*")
+        !migration_off(&self.no_migration, listener)
     }
 
     /// Reads what this process inherited (sockets from a parent or from systemd),
@@ -178,4 +178,10 @@ impl Builder {
     pub fn build(self) -> Result<Handover> {
         Handover::from_builder(self)
     }
+}
+
+/// Whether `names` (from [`Builder::no_migration`]) turn migration off for
+/// `listener`.
+pub(crate) fn migration_off(names: &[String], listener: &str) -> bool {
+    names.iter().any(|n| n == listener || n == "*")
 }

@@ -74,7 +74,7 @@ impl Give {
     }
 
     fn off(&self, listener: &str) -> bool {
-        self.off.iter().any(|off| off == listener || off == "*")
+        crate::builder::migration_off(&self.off, listener)
     }
 
     /// Stops sending: every connection still waiting is kept, with `why`.
