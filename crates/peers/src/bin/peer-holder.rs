@@ -3,9 +3,10 @@
 //!
 //! It binds `--listen` once (backlog 1024) and runs the command after `--` as its
 //! child with the socket at fd 3 and systemd's socket-activation variables
-//! (`LISTEN_FDS=1`, `LISTEN_FDNAMES=web`, `LISTEN_PID` = the child's own pid, set
-//! by `sh -c 'export LISTEN_PID=$$; exec "$@"'`). The child's start-up delay is
-//! the child's own option (e.g. `hello --startup-delay 1s`).
+//! (`LISTEN_FDS=1`, `LISTEN_FDNAMES=web`, `LISTEN_PID` = the child's own pid),
+//! started by [`handover_mechanism::child`], the same spawn the library and the
+//! supervisor use. The child's start-up delay is the child's own option (e.g.
+//! `hello --startup-delay 1s`).
 //!
 //! - SIGHUP: SIGTERM the child, wait for it to exit (SIGKILL after
 //!   `--stop-timeout`), start a new one. The socket stays open all along, so no
@@ -22,15 +23,14 @@
 use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use handover_peers::{bind, remove_pid_file_if_holds, write_pid_file};
-use rustix::process::{kill_process, Pid, Signal};
+use handover_mechanism::child::{self, Child, Program};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -74,22 +74,22 @@ fn run(args: &Args) -> io::Result<ExitCode> {
     eprintln!(
         "peer-holder: pid {pid} holds http://{}, child {}",
         args.listen,
-        child.id()
+        child.pid()
     );
     let code = 'signals: loop {
         for signal in signals.wait() {
             match signal {
                 SIGHUP => {
-                    let old = child.id();
+                    let old = child.pid();
                     stop(&mut child, args.stop_timeout)?;
                     child = spawn(&listener, &args.command)?;
-                    eprintln!("peer-holder: restarted child {old} as {}", child.id());
+                    eprintln!("peer-holder: restarted child {old} as {}", child.pid());
                 }
                 SIGCHLD => {
-                    if let Some(status) = child.try_wait()? {
+                    if let Some(status) = child.exited()? {
                         eprintln!(
                             "peer-holder: child {} exited on its own: {status}",
-                            child.id()
+                            child.pid()
                         );
                         break 'signals ExitCode::FAILURE;
                     }
@@ -107,60 +107,47 @@ fn run(args: &Args) -> io::Result<ExitCode> {
     Ok(code)
 }
 
-/// Starts the command with the socket at fd 3 and `LISTEN_*` set for it.
+/// Starts the command with the socket at fd 3 and `LISTEN_*` set for it; the
+/// program is looked up in `PATH` unless it names a path.
 fn spawn(listener: &TcpListener, command: &[OsString]) -> io::Result<Child> {
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"export LISTEN_PID=$$; exec "$@""#)
-        .arg("sh")
-        .args(command)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "web")
-        .env_remove("LISTEN_PID")
-        .stdin(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // dup2 and fcntl, which are async-signal-safe; it allocates nothing and
-    // touches no state shared with other threads. `fd` is the listener's open
-    // descriptor, which the child inherits from the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let moved = if fd == 3 {
-                // Already in place: only clear its close-on-exec flag.
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                // dup2 gives the new fd 3 no close-on-exec flag.
-                libc::dup2(fd, 3)
-            };
-            if moved == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let (first, _) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
+    let mut program = Program::new(resolve(first)?);
+    program.args = command.to_vec();
+    child::spawn(&program, &[("web", listener.as_fd())], &[])
+}
+
+fn resolve(name: &OsString) -> io::Result<PathBuf> {
+    let path = PathBuf::from(name);
+    if path.components().count() > 1 {
+        return Ok(path);
     }
-    cmd.spawn()
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(&path))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name:?} not in PATH")))
 }
 
 /// SIGTERM, wait for the exit; SIGKILL after `timeout`.
 fn stop(child: &mut Child, timeout: Duration) -> io::Result<()> {
-    if child.try_wait()?.is_some() {
+    if child.exited()?.is_some() {
         return Ok(());
     }
-    if let Some(pid) = Pid::from_raw(child.id() as i32) {
-        let _ = kill_process(pid, Signal::TERM);
-    }
+    let _ = child.signal(libc::SIGTERM);
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
+        if child.exited()?.is_some() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!(
         "peer-holder: child {} did not stop in {timeout:?}; killing it",
-        child.id()
+        child.pid()
     );
-    child.kill()?;
-    child.wait()?;
+    child.kill_and_reap();
     Ok(())
 }
