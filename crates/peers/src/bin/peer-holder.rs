@@ -29,8 +29,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use handover_peers::{bind, remove_pid_file_if_holds, write_pid_file};
 use handover_mechanism::child::{self, Child, Program};
+use handover_peers::{bind, remove_pid_file_if_holds, write_pid_file};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
