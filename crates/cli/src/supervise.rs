@@ -34,8 +34,15 @@ pub struct RunArgs {
     /// How long an old child may drain before it is killed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
-    /// At most this many old children draining at once; an upgrade beyond
-    /// that is refused.
+    /// How long a new child is on probation once it is ready: the old child is
+    /// not stopped meanwhile (it gets no new connections), and if the new one
+    /// exits inside the window, connections go back to the old one at once
+    /// instead of waiting for a restart. The old child lives that much longer;
+    /// 0 turns it off.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    probation: Duration,
+    /// At most this many old children draining at once (on probation
+    /// included); an upgrade beyond that is refused.
     #[arg(long, default_value_t = 1)]
     max_draining: usize,
     /// Do not rescue the connections an old child drops at shutdown: its idle
@@ -111,6 +118,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ready_timeout: args.ready_timeout,
         stop_signal: args.stop_signal,
         drain_timeout: args.drain_timeout,
+        probation: args.probation,
         max_draining: args.max_draining.max(1),
         pid_file: args.pid_file,
         command: args.command,

@@ -211,7 +211,9 @@ fn slow_post(client: &mut Connection, body: &[u8], between: impl FnOnce()) {
 fn a_slow_post_in_flight_at_the_upgrade_completes_in_exactly_one_child() {
     let _turn = turn();
     let build = Scratch::new("go-build");
-    let supervisor = go_supervisor("rescue-post", &build, &[]);
+    // No probation: the old child gets its stop signal while the POST is
+    // still arriving, which is the case under test.
+    let supervisor = go_supervisor("rescue-post", &build, &["--probation", "0"]);
     let body: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     let expected = |pid: u32| format!("len={} sum={} pid={pid}\n", body.len(), fnv1a64(&body));
 

@@ -22,6 +22,10 @@ pub struct Config {
     pub stop_signal: i32,
     /// How long an old child may drain before it is killed.
     pub drain_timeout: Duration,
+    /// How long a new child is on probation after it is ready: the old child
+    /// is kept (not stopped, getting no new connections) and serves again if
+    /// the new one exits meanwhile. Zero: no probation.
+    pub probation: Duration,
     /// At most this many old children draining at once.
     pub max_draining: usize,
     /// The supervisor's PID file.

@@ -143,6 +143,40 @@ impl Listeners {
         }
     }
 
+    /// Accepts every connection waiting on `epoch`'s TCP sockets, with the
+    /// listener it arrived on — for a child that died before accepting them.
+    /// Call it only once no child holds those sockets (they are made
+    /// non-blocking) and nothing is steered to them any more.
+    pub fn take_queued(&self, epoch: u64) -> Vec<(std::net::TcpStream, Target)> {
+        let targets = self.rescue_targets();
+        let mut taken = Vec::new();
+        for named in &self.sockets {
+            let Socket::Steered(group) = &named.socket else {
+                continue;
+            };
+            let group = lock(group);
+            let (Some(fd), Some(target)) = (
+                group.fd(epoch),
+                targets.iter().find(|t| t.name == named.name),
+            ) else {
+                continue;
+            };
+            let socket = socket2::SockRef::from(&fd);
+            if let Err(error) = socket.set_nonblocking(true) {
+                tracing::warn!(%error, epoch, "cannot take the connections left queued");
+                continue;
+            }
+            // At most a full queue: nothing more arrives once steered away.
+            for _ in 0..BACKLOG {
+                let Ok((stream, _)) = socket.accept() else {
+                    break;
+                };
+                taken.push((std::net::TcpStream::from(stream), target.clone()));
+            }
+        }
+        taken
+    }
+
     /// Every epoch that still has sockets.
     pub fn epochs(&self) -> Vec<u64> {
         let mut epochs: Vec<u64> = self

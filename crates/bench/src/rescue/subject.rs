@@ -136,6 +136,8 @@ impl Supervised {
         let child = procs::spawn_group(
             Command::new(handover)
                 .args(["run", "--listen", "web=127.0.0.1:0", "--ready", "http:/"])
+                // Measured: the rescue at the stop signal, not the probation before it.
+                .args(["--probation", "100ms"])
                 .arg("--rescue-idle")
                 .arg(humantime::format_duration(idle).to_string())
                 .arg("--pid-file")

@@ -57,6 +57,16 @@ pub struct Supervisor {
     pub addr: SocketAddr,
 }
 
+/// A short probation unless the test chooses one: the default (5 s) keeps
+/// every old child that much longer, which adds up over a test suite.
+fn short_probation(options: &[&str]) -> &'static [&'static str] {
+    if options.contains(&"--probation") {
+        &[]
+    } else {
+        &["--probation", "100ms"]
+    }
+}
+
 impl Supervisor {
     /// `handover run --listen web=127.0.0.1:0 --pid-file … OPTIONS -- COMMAND`,
     /// waiting until its first child is current.
@@ -115,6 +125,7 @@ impl Supervisor {
         let process = command
             .args(["run", "--listen", launch.listen, "--pid-file"])
             .arg(&pid_file)
+            .args(short_probation(launch.options))
             .args(launch.options)
             .arg("--")
             .args(launch.command)

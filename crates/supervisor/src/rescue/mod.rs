@@ -408,3 +408,45 @@ async fn relay_one(client: TcpStream, target: Target, limits: Limits) -> Outcome
         Protocol::Raw => relay::tcp(client, target.connect, limits).await,
     }
 }
+
+/// Serves connections that were queued on the socket of a child that died
+/// before accepting them (a new child that crashed on probation): each is
+/// relayed through the listener — which now steers to the child serving again —
+/// with `Connection: close` on the last answer, so the client's next
+/// connection goes there directly. Runs in the background; each relay is
+/// bounded by `idle` for the first byte and by `deadline` for everything.
+pub(crate) fn serve_orphans(
+    orphans: Vec<(std::net::TcpStream, Target)>,
+    idle: Duration,
+    deadline: Instant,
+) {
+    if orphans.is_empty() {
+        return;
+    }
+    let limits = Limits {
+        idle_until: Instant::now() + idle,
+        deadline,
+    };
+    tokio::spawn(async move {
+        let mut relays = JoinSet::new();
+        let taken = orphans.len();
+        for (stream, target) in orphans {
+            match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(client) => {
+                    relays.spawn(relay_one(client, target, limits));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot relay a connection the dead child left queued")
+                }
+            }
+        }
+        let mut counts = Counts::default();
+        while let Some(relayed) = relays.join_next().await {
+            counts.add(relayed);
+        }
+        tracing::info!(taken, %counts, "connections the dead child left queued");
+    });
+}

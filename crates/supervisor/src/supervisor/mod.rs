@@ -29,7 +29,10 @@ use crate::listeners::Listeners;
 use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
 
+mod draining;
 mod upgrade;
+
+use draining::{Draining, Next, Rescue, Stage};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -38,7 +41,11 @@ const HISTORY: usize = 20;
 /// before the new one was ready; it is stopped after that even if some remain.
 pub const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
 /// How often the old child's accept queue is looked at meanwhile.
-const HANDOFF_POLL: Duration = Duration::from_millis(1);
+pub(super) const HANDOFF_POLL: Duration = Duration::from_millis(1);
+
+/// How long a connection left queued on a crashed child's socket may take to
+/// send its request to the relay.
+const ORPHAN_IDLE: Duration = Duration::from_secs(2);
 
 type Client = Option<mpsc::Sender<Reply>>;
 
@@ -53,59 +60,6 @@ struct Starting {
     purpose: Purpose,
     deadline: Instant,
     ready: JoinHandle<Result<(), String>>,
-}
-
-struct Draining {
-    generation: Generation,
-    /// Its client connections, held for the keep-alive rescue.
-    rescue: Rescue,
-    /// Whether they were taken (or the taking failed): once per child.
-    capture_tried: bool,
-    since: Instant,
-    deadline: Instant,
-    /// Whether the stop signal was sent (it waits for the hand-off).
-    stop_sent: bool,
-    /// When to send it even if connections are still queued for it.
-    handoff_until: Instant,
-    killed: bool,
-    client: Client,
-}
-
-impl Draining {
-    /// An old child whose stop signal waits until it has accepted what was
-    /// queued for it, or `handoff` has passed; killed `drain_timeout` from now.
-    fn new(
-        generation: Generation,
-        drain_timeout: Duration,
-        handoff: Duration,
-        client: Client,
-    ) -> Self {
-        let now = Instant::now();
-        Draining {
-            generation,
-            rescue: Rescue::NotTaken,
-            capture_tried: false,
-            since: now,
-            deadline: now + drain_timeout,
-            stop_sent: false,
-            handoff_until: now + handoff,
-            killed: false,
-            client,
-        }
-    }
-}
-
-/// Where the keep-alive rescue of one old child stands.
-enum Rescue {
-    /// Not taken (yet, or at all: off, stopping, not permitted).
-    NotTaken,
-    /// Its connections are held; the stop signal waits until the watch says
-    /// they have settled between requests, or until `until`.
-    Settling { until: Instant },
-    /// A watch task holds its connections; the stop signal was sent.
-    Watching,
-    /// Every connection is accounted for.
-    Done(rescue::Counts),
 }
 
 /// An old child that has exited while its rescued connections are still being
@@ -288,7 +242,15 @@ impl Supervisor {
             .as_ref()
             .and_then(|c| c.child.exited().ok().flatten());
         if let Some(status) = current_exit {
-            let crashed = self.current.take().map(|c| c.pid()).unwrap_or_default();
+            let Some(crashed) = self.current.take() else {
+                return;
+            };
+            // An old child that has exited too is no rollback target.
+            self.reap_draining().await;
+            if self.roll_back(&crashed, &status.to_string()).await {
+                return;
+            }
+            let crashed = crashed.pid();
             let upgrading = self
                 .starting
                 .as_ref()
@@ -312,6 +274,47 @@ impl Supervisor {
                 self.schedule_respawn();
             }
         }
+        self.reap_draining().await;
+    }
+
+    /// The current child `crashed` (it `how`): if an old child is still on
+    /// probation, it is current again — connections are steered back to its
+    /// socket at once, those left queued on the crashed child's socket are
+    /// relayed to it — and the upgrade that replaced it is recorded as failed.
+    /// Returns whether it rolled back.
+    async fn roll_back(&mut self, crashed: &Generation, how: &str) -> bool {
+        if self.stopping {
+            return false;
+        }
+        let Some(at) = draining::rollback_target(self.draining.iter().map(|d| d.stage)) else {
+            return false;
+        };
+        let old = self.draining.remove(at);
+        let (pid, new) = (old.generation.pid(), crashed.pid());
+        self.listeners.steer_to(old.generation.epoch);
+        let orphans = self.listeners.take_queued(crashed.epoch);
+        let queued = orphans.len();
+        rescue::serve_orphans(
+            orphans,
+            ORPHAN_IDLE,
+            Instant::now() + self.config.drain_timeout,
+        );
+        let message = format!(
+            "new pid {new} {how} on probation; old pid {pid} serves again (rolled back; \
+             {queued} connection(s) it had not accepted relayed there)"
+        );
+        tracing::error!(%message);
+        push(&mut self.crashes, false, message.clone());
+        self.record_upgrade(false, message.clone());
+        done(&old.client, false, format!("upgrade failed: {message}")).await;
+        self.current = Some(old.generation);
+        self.release_unused_epochs();
+        self.notify_upstream(&[NotifyState::Ready]);
+        true
+    }
+
+    /// Reaps the old children that have exited.
+    async fn reap_draining(&mut self) {
         let mut still = Vec::new();
         for draining in std::mem::take(&mut self.draining) {
             match draining.generation.child.exited() {
@@ -320,7 +323,7 @@ impl Supervisor {
                         draining.generation.pid(),
                         draining.since.elapsed().as_secs_f64(),
                     );
-                    let how = if draining.killed {
+                    let how = if draining.stage == Stage::Killed {
                         "was killed at the drain deadline".to_owned()
                     } else {
                         status.to_string()
@@ -333,7 +336,7 @@ impl Supervisor {
                         client: draining.client,
                     };
                     match draining.rescue {
-                        Rescue::Watching | Rescue::Settling { .. } => self.settling.push(settling),
+                        Rescue::Watching => self.settling.push(settling),
                         Rescue::Done(counts) => settle(settling, Some(counts)).await,
                         Rescue::NotTaken => settle(settling, None).await,
                     }
@@ -346,7 +349,7 @@ impl Supervisor {
     }
 
     async fn tick(&mut self) {
-        self.stop_handed_over().await;
+        self.advance_draining().await;
         let now = Instant::now();
         if self.starting.as_ref().is_some_and(|s| s.deadline <= now) {
             let why = format!(
@@ -354,22 +357,6 @@ impl Supervisor {
                 humantime::format_duration(self.config.ready_timeout)
             );
             self.fail_starting(why, false).await;
-        }
-        for draining in &mut self.draining {
-            if !draining.killed && draining.deadline <= now {
-                draining.killed = true;
-                let pid = draining.generation.pid();
-                tracing::warn!(
-                    pid,
-                    "old child still running at the drain deadline; killing it"
-                );
-                let _ = draining.generation.child.signal(libc::SIGKILL);
-                say(
-                    &draining.client,
-                    format!("old pid {pid} still running at the drain deadline: killed"),
-                )
-                .await;
-            }
         }
         if self.respawn_at.is_some_and(|at| at <= now)
             && self.starting.is_none()
@@ -391,11 +378,11 @@ impl Supervisor {
             rescue::Report::Settled { pid } => {
                 if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid)
                 {
-                    if let Rescue::Settling { until } = &mut draining.rescue {
+                    if let Stage::Settling { until } = &mut draining.stage {
                         *until = Instant::now();
                     }
                 }
-                self.stop_handed_over().await;
+                self.advance_draining().await;
                 return;
             }
             rescue::Report::Done { pid, counts } => (pid, counts),
@@ -443,21 +430,19 @@ impl Supervisor {
                 self.config.stop_signal
             });
             let mut draining =
-                Draining::new(current, self.config.drain_timeout, Duration::ZERO, None);
-            (draining.stop_sent, draining.killed) = (true, fast); // signalled just above
+                Draining::new(current, Duration::ZERO, self.config.drain_timeout, None);
+            // Signalled just above.
+            draining.stage = if fast { Stage::Killed } else { Stage::Stopped };
             self.draining.push(draining);
         }
         for draining in &mut self.draining {
-            draining.handoff_until = Instant::now(); // stop the old ones now too
-            if let Rescue::Settling { until } = &mut draining.rescue {
-                *until = Instant::now();
-            }
+            draining.hurry(); // stop the old ones now too
         }
-        self.stop_handed_over().await;
+        self.advance_draining().await;
         if fast {
             for draining in &mut self.draining {
                 let _ = draining.generation.child.signal(libc::SIGKILL);
-                draining.killed = true;
+                draining.stage = Stage::Killed;
             }
         }
         tracing::info!(fast, "stopping");
@@ -469,17 +454,10 @@ impl Supervisor {
         let draining = self
             .draining
             .iter()
-            .filter(|d| !d.killed)
-            .map(|d| d.deadline);
-        let handoff = self
-            .draining
-            .iter()
-            .any(|d| !d.stop_sent)
-            .then(|| Instant::now() + HANDOFF_POLL);
+            .filter_map(|d| d.stage.wakes_at(d.deadline));
         starting
             .into_iter()
             .chain(draining)
-            .chain(handoff)
             .chain(self.respawn_at)
             .fold(far, Instant::min)
     }

@@ -3,11 +3,11 @@
 //! for it) or rollback.
 
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use handover_mechanism::notify::NotifyState;
 
-use super::{done, say, Client, Draining, Purpose, Rescue, Starting, Supervisor};
+use super::{done, say, Client, Draining, Next, Purpose, Rescue, Stage, Starting, Supervisor};
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
 use crate::config::ReadyMode;
 use crate::generation::Generation;
@@ -154,13 +154,25 @@ impl Supervisor {
                         if let Some(record) = self.upgrades.back_mut() {
                             record.old_pid = Some(old_pid);
                         }
+                        let probation = self.config.probation;
+                        if !probation.is_zero() {
+                            say(
+                                &client,
+                                format!(
+                                    "new pid {pid} on probation for {}: old pid {old_pid} keeps its \
+                                     socket and connections, and serves again if it exits",
+                                    humantime::format_duration(probation)
+                                ),
+                            )
+                            .await;
+                        }
                         self.draining.push(Draining::new(
                             old,
+                            probation,
                             self.config.drain_timeout,
-                            HANDOFF_LIMIT,
                             client,
                         ));
-                        self.stop_handed_over().await;
+                        self.advance_draining().await;
                     }
                     None => {
                         self.release_unused_epochs();
@@ -211,65 +223,97 @@ impl Supervisor {
         self.notify_upstream(&[NotifyState::Ready]);
     }
 
-    /// Sends the stop signal to each old child that has accepted every
-    /// connection queued for it (new ones go to the new child), or whose time
-    /// for that is up.
-    pub(super) async fn stop_handed_over(&mut self) {
-        let now = Instant::now();
+    /// Moves every old child on as [`Stage::next`] says: out of probation,
+    /// through the hand-off of what was queued for it (new connections go to the
+    /// new child) and the rescue's hold, to the stop signal; killed at the drain
+    /// deadline.
+    pub(super) async fn advance_draining(&mut self) {
         for at in 0..self.draining.len() {
-            let draining = &self.draining[at];
-            if draining.stop_sent {
-                continue;
-            }
-            let pid = draining.generation.pid();
-            let queued = self.listeners.queued(draining.generation.epoch);
-            if queued > 0 {
-                if now < draining.handoff_until {
-                    continue;
-                }
-                tracing::warn!(
-                    pid,
-                    queued,
-                    "old child has not accepted every connection queued for it; stopping it anyway"
-                );
-            }
-            match draining.rescue {
-                // Taken: the signal waits for them to settle, or the limit.
-                Rescue::Settling { until } if now < until => continue,
-                Rescue::NotTaken if !self.stopping && !draining.capture_tried => {
-                    let rescue = self.take_connections(pid, draining.deadline);
-                    let draining = &mut self.draining[at];
-                    draining.capture_tried = true;
-                    let wait = matches!(rescue, Rescue::Settling { .. });
-                    draining.rescue = rescue;
-                    if wait {
-                        continue;
+            loop {
+                let draining = &self.draining[at];
+                let epoch = draining.generation.epoch;
+                let queued = match draining.stage {
+                    Stage::HandingOff { .. } => self.listeners.queued(epoch),
+                    _ => 0,
+                };
+                let now = Instant::now();
+                let next = draining.stage.next(now, queued, draining.deadline);
+                let pid = draining.generation.pid();
+                match next {
+                    Next::Wait => break,
+                    Next::HandOff => {
+                        self.draining[at].stage = Stage::HandingOff {
+                            until: now + HANDOFF_LIMIT,
+                        };
+                    }
+                    Next::TakeConnections => {
+                        if queued > 0 {
+                            tracing::warn!(
+                                pid,
+                                queued,
+                                "old child has not accepted every connection queued for it; \
+                                 stopping it anyway"
+                            );
+                        }
+                        let deadline = draining.deadline;
+                        let held = !self.stopping && self.take_connections(pid, deadline);
+                        let draining = &mut self.draining[at];
+                        draining.stage = if held {
+                            draining.rescue = Rescue::Watching;
+                            // A little longer than the watch waits: its word comes first.
+                            Stage::Settling {
+                                until: Instant::now() + Duration::from_millis(300),
+                            }
+                        } else {
+                            Stage::Settling { until: now }
+                        };
+                    }
+                    Next::Stop => {
+                        let draining = &mut self.draining[at];
+                        draining.stage = Stage::Stopped;
+                        if let Err(error) =
+                            draining.generation.child.signal(self.config.stop_signal)
+                        {
+                            tracing::warn!(%error, pid, "cannot signal the old child");
+                        }
+                        say(&draining.client, format!("old pid {pid} draining")).await;
+                    }
+                    Next::Kill => {
+                        let draining = &mut self.draining[at];
+                        draining.stage = Stage::Killed;
+                        tracing::warn!(
+                            pid,
+                            "old child still running at the drain deadline; killing it"
+                        );
+                        let _ = draining.generation.child.signal(libc::SIGKILL);
+                        say(
+                            &draining.client,
+                            format!("old pid {pid} still running at the drain deadline: killed"),
+                        )
+                        .await;
                     }
                 }
-                _ => {}
             }
-            let draining = &mut self.draining[at];
-            if matches!(draining.rescue, Rescue::Settling { .. }) {
-                draining.rescue = Rescue::Watching;
-            }
-            draining.stop_sent = true;
-            if let Err(error) = draining.generation.child.signal(self.config.stop_signal) {
-                tracing::warn!(%error, pid, "cannot signal the old child");
-            }
-            say(&draining.client, format!("old pid {pid} draining")).await;
         }
     }
 
     /// Takes the old child's client connections for the keep-alive rescue, just
     /// before it is told to stop, and starts watching them.
-    fn take_connections(&mut self, pid: u32, deadline: Instant) -> Rescue {
+    /// Returns whether any are held (a watch then reports on them).
+    fn take_connections(&mut self, pid: u32, deadline: Instant) -> bool {
         let Some(settings) = self.config.rescue else {
-            return Rescue::NotTaken;
+            return false;
         };
         let targets = self.listeners.rescue_targets();
         let started = Instant::now();
         match rescue::capture(pid, &targets, settings, &self.rescue_in_use) {
-            Ok(None) => Rescue::Done(rescue::Counts::default()),
+            Ok(None) => {
+                if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid)
+                {
+                    draining.rescue = Rescue::Done(rescue::Counts::default());
+                }
+                false
+            }
             Ok(Some(captured)) => {
                 tracing::info!(
                     pid,
@@ -287,10 +331,7 @@ impl Supervisor {
                     self.rescue_in_use.clone(),
                     reports,
                 ));
-                // A little longer than the watch waits: its word comes first.
-                Rescue::Settling {
-                    until: Instant::now() + std::time::Duration::from_millis(300),
-                }
+                true
             }
             Err(why) => {
                 if std::mem::replace(&mut self.rescue_refusal_logged, true) {
@@ -303,7 +344,7 @@ impl Supervisor {
                          close as it decides"
                     );
                 }
-                Rescue::NotTaken
+                false
             }
         }
     }

@@ -1,0 +1,272 @@
+//! `handover run --probation`: a new child that dies soon after it was ready
+//! hands its traffic back to the old child at once — which was kept, not
+//! stopped — instead of leaving clients to wait for a restart; and with the
+//! probation off, the same crash does leave them waiting.
+
+mod run_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use run_support::*;
+
+/// Both tests put load on two cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// One request on a new connection, as a client that never retries makes it.
+struct Answer {
+    started: Instant,
+    took: Duration,
+    /// The pid that answered, or why nothing did.
+    pid: Result<u32, String>,
+}
+
+fn ask(addr: SocketAddr) -> Answer {
+    let started = Instant::now();
+    let pid = (|| {
+        let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| format!("read: {e}"))?;
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix("x-pid: "))
+            .and_then(|pid| pid.trim().parse().ok())
+            .ok_or_else(|| format!("no x-pid in {response:?}"))
+    })();
+    Answer {
+        started,
+        took: started.elapsed(),
+        pid,
+    }
+}
+
+/// `workers` clients asking one request after another on new connections,
+/// until stopped (at most 60 s and 50 000 requests each).
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
+                std::thread::spawn(move || {
+                    for _ in 0..50_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            break;
+                        }
+                        let answer = ask(addr);
+                        answers.lock().unwrap().push(answer);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answers,
+            workers,
+        }
+    }
+
+    /// Waits until `n` requests started after `since` were answered.
+    fn wait_for_answers_after(&self, since: Instant, n: usize) {
+        wait_until("answers after the crash", Duration::from_secs(30), || {
+            let answers = self.answers.lock().unwrap();
+            (answers.iter().filter(|a| a.started > since).count() >= n).then_some(())
+        });
+    }
+
+    fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.join().unwrap();
+        }
+        Arc::try_unwrap(self.answers)
+            .ok()
+            .unwrap()
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Upgrades, waits until the new child is current and has answered, and
+/// SIGKILLs it: returns (old pid, new pid, when it was killed, the upgrade).
+fn upgrade_then_kill_the_new_child(
+    supervisor: &Supervisor,
+    load: &Load,
+) -> (
+    u32,
+    u32,
+    Instant,
+    std::thread::JoinHandle<std::process::Output>,
+) {
+    let old = supervisor.current_pid();
+    let upgrade = supervisor.upgrade_in_background();
+    let new = wait_until(
+        "the new child to be current",
+        Duration::from_secs(30),
+        || {
+            supervisor
+                .status()
+                .and_then(|s| s["current"]["pid"].as_u64())
+                .map(|pid| pid as u32)
+                .filter(|pid| *pid != old)
+        },
+    );
+    wait_until("the new child to answer", Duration::from_secs(10), || {
+        let answers = load.answers.lock().unwrap();
+        answers.iter().any(|a| a.pid == Ok(new)).then_some(())
+    });
+    let killed = Instant::now();
+    signal(new, rustix::process::Signal::KILL);
+    (old, new, killed, upgrade)
+}
+
+#[test]
+fn a_new_child_killed_on_probation_hands_back_to_the_old_one_under_load() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let supervisor = Supervisor::start(
+        "probation",
+        &["--ready", "notify", "--probation", "3s"],
+        &["python3", fixture("notify_server.py").to_str().unwrap()],
+    );
+    let fds_before = fds_of(supervisor.process.id());
+    const WORKERS: usize = 4;
+    let load = Load::start(supervisor.addr, WORKERS);
+    let (old, new, killed, upgrade) = upgrade_then_kill_the_new_child(&supervisor, &load);
+
+    let output = upgrade.join().unwrap();
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("on probation") && said.contains("rolled back"),
+        "{said}"
+    );
+    let rolled_back = Instant::now();
+    let status = supervisor.status().unwrap();
+    assert_eq!(status["current"]["pid"], old, "{status:#}");
+    assert!(
+        status["draining"].as_array().unwrap().is_empty(),
+        "{status:#}"
+    );
+    load.wait_for_answers_after(rolled_back, 200);
+    let answers = load.stop();
+
+    // Every request begun after the crash was handled was answered, by the old
+    // child (and quickly: nobody waited for a start-up).
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.started > rolled_back).collect();
+    assert!(after.len() >= 200);
+    for answer in &after {
+        assert_eq!(answer.pid, Ok(old), "a request after the rollback");
+    }
+    // Lost at most: the requests the new child had accepted when it was
+    // killed, one per client (each has one request at a time).
+    let failed: Vec<&String> = answers
+        .iter()
+        .filter_map(|a| a.pid.as_ref().err())
+        .collect();
+    assert!(failed.len() <= WORKERS, "{failed:#?}");
+    let old_again = answers
+        .iter()
+        .filter(|a| a.started > killed && a.pid == Ok(old))
+        .map(|a| a.started + a.took - killed)
+        .min();
+    eprintln!(
+        "{} requests, {} failed (inside the killed child), {} after the rollback; \
+         kill → first answer by the old child {old_again:?}",
+        answers.len(),
+        failed.len(),
+        after.len()
+    );
+    let slowest_after_kill = answers
+        .iter()
+        .filter(|a| a.started > killed && a.pid.is_ok())
+        .map(|a| a.took)
+        .max()
+        .unwrap();
+    assert!(
+        slowest_after_kill < Duration::from_secs(1),
+        "answers after the kill waited {slowest_after_kill:?}"
+    );
+
+    // The crash is recorded, nothing leaked, and the next upgrade works
+    // (its verdict comes once its own probation is over).
+    assert!(
+        supervisor.log_text().contains(&format!(
+            "new pid {new} was killed by signal 9 on probation"
+        )),
+        "{}",
+        supervisor.log_text()
+    );
+    assert!(exited(new), "the killed child was reaped");
+    let output = supervisor.client("upgrade", &[]);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains(&format!("old pid {old}")), "{said}");
+    let newest = supervisor.current_pid();
+    assert!(newest != old && newest != new);
+    wait_until(
+        "the supervisor's fds to settle",
+        Duration::from_secs(10),
+        || (fds_of(supervisor.process.id()).len() == fds_before.len()).then_some(()),
+    );
+    assert_eq!(descendants(supervisor.process.id()), vec![newest]);
+}
+
+#[test]
+fn without_probation_the_same_crash_leaves_clients_waiting_for_a_restart() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The proof that the probation is what serves them above: with it off, the
+    // old child has been stopped by the time the new one dies, and every
+    // request after the crash waits for a restarted child's start-up (1 s).
+    let supervisor = Supervisor::start(
+        "no-probation",
+        &["--ready", "notify", "--probation", "0"],
+        &[
+            "python3",
+            fixture("notify_server.py").to_str().unwrap(),
+            "--startup-delay",
+            "1",
+        ],
+    );
+    let load = Load::start(supervisor.addr, 2);
+    let (old, new, killed, upgrade) = upgrade_then_kill_the_new_child(&supervisor, &load);
+    let restarted = wait_until("a restarted child", Duration::from_secs(30), || {
+        supervisor
+            .status()
+            .and_then(|s| s["current"]["pid"].as_u64())
+            .map(|pid| pid as u32)
+            .filter(|pid| *pid != new)
+    });
+    load.wait_for_answers_after(Instant::now(), 20);
+    let answers = load.stop();
+    let _ = upgrade.join().unwrap();
+    assert_ne!(restarted, old);
+    let after_kill: Vec<&Answer> = answers.iter().filter(|a| a.started > killed).collect();
+    assert!(
+        after_kill.iter().all(|a| a.pid != Ok(old)),
+        "the old child was stopped: it cannot serve again"
+    );
+    let waited = after_kill.iter().map(|a| a.took).max().unwrap();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "a request after the crash waited only {waited:?}"
+    );
+}
