@@ -24,6 +24,7 @@ use crate::{Handover, Result};
 pub struct Builder {
     pub(crate) ready_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) probation: Duration,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) backlog: i32,
     pub(crate) program: Option<PathBuf>,
@@ -41,6 +42,7 @@ impl Default for Builder {
         Builder {
             ready_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            probation: crate::probation::DEFAULT,
             pid_file: None,
             backlog: 1024,
             program: None,
@@ -67,6 +69,19 @@ impl Builder {
     /// Default 30 s.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a successor is on probation once it is ready. Meanwhile this
+    /// process keeps its copies of the sockets (it does not accept), and if
+    /// the successor exits or is killed inside the window, this process is
+    /// current again: it names itself in the PID file and to systemd, serves
+    /// the takeover socket, and [`Handover::after_drain`](crate::Handover::after_drain)
+    /// says [`AfterDrain::Resume`](crate::AfterDrain::Resume), so the
+    /// application accepts again ([`crate::http::serve`] does by itself).
+    /// Default 5 s; zero turns it off. See [`crate::probation`](mod@crate::probation).
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
         self
     }
 

@@ -92,6 +92,12 @@ impl DrainSignal {
         })
     }
 
+    /// Withdraws the order: the successor died on probation and this process
+    /// serves again (see [`crate::probation`]); the next order is issued anew.
+    pub(crate) fn withdraw(&self) {
+        self.order.update(|order| *order = None);
+    }
+
     /// The order, if one was issued.
     pub fn get(&self) -> Option<DrainOrder> {
         self.order.read(|order| *order)
@@ -115,6 +121,14 @@ impl DrainSignal {
     pub(crate) async fn shortened(&self, than: Instant) {
         self.order
             .wait_for(|order| order.filter(|o| o.deadline < than).map(|_| ()))
+            .await
+    }
+
+    /// Waits until the order is withdrawn (see [`crate::probation`]).
+    #[cfg(feature = "hyper")]
+    pub(crate) async fn withdrawn(&self) {
+        self.order
+            .wait_for(|order| order.is_none().then_some(()))
             .await
     }
 

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,11 +65,25 @@ pub(crate) struct Inner {
     inherited_state: Option<Vec<u8>>,
     /// What this version hands over.
     state_provider: Mutex<Option<state::Provider>>,
+    /// What a drained process does next (see [`crate::probation`]).
+    pub(crate) verdict: crate::probation::Verdict,
+    /// Whether a stop was asked (it ends a probation; nothing resumes after it).
+    stop_asked: AtomicBool,
+    /// Whether the takeover accept loop runs; written under the phase lock.
+    pub(crate) takeover_loop: AtomicBool,
 }
 
 impl Inner {
     pub(crate) fn phase(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stop_asked(&self) -> bool {
+        self.stop_asked.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn takeover_loop_running(&self) -> bool {
+        self.takeover_loop.load(Ordering::SeqCst)
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -87,7 +102,7 @@ impl Inner {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -173,6 +188,9 @@ impl Handover {
                 inboxes: Default::default(),
                 inherited_state,
                 state_provider: Mutex::new(None),
+                verdict: crate::beacon::Beacon::new(None),
+                stop_asked: AtomicBool::new(false),
+                takeover_loop: AtomicBool::new(false),
                 program,
                 config,
             }),
@@ -345,6 +363,15 @@ impl Handover {
         Ok(())
     }
 
+    /// Serves the takeover socket again (this process is current again after
+    /// a probation), if it served one.
+    pub(crate) fn serve_takeovers_again(&self) {
+        let listener = self.inner.takeover_socket();
+        if let (Some(listener), Some(path)) = (listener, self.inner.config.takeover.clone()) {
+            takeover::serve(self, listener, path);
+        }
+    }
+
     /// Starts a graceful stop: stop accepting, drain within the drain timeout.
     /// Abandons an upgrade under way (its successor is killed).
     pub fn stop(&self) {
@@ -391,9 +418,12 @@ impl Handover {
 impl Inner {
     fn stop(&self, reason: DrainReason, timeout: Duration) {
         let mut phase = self.phase();
+        self.stop_asked.store(true, Ordering::SeqCst);
         let first = !matches!(*phase, Phase::Draining(_));
         if first {
             *phase = Phase::Draining(reason);
+            self.verdict
+                .update(|verdict| *verdict = Some(crate::AfterDrain::Exit));
             self.upstream.notify(&[NotifyState::Stopping]);
             if let Some(path) = &self.config.pid_file {
                 pidfile::remove_if_holds(path, std::process::id());

@@ -37,6 +37,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,10 +221,13 @@ pub(crate) fn bind(path: &Path) -> Result<Listener> {
 /// drains.
 pub(crate) fn serve(handover: &Handover, listener: Arc<Listener>, path: PathBuf) {
     let handover = handover.clone();
+    handover.inner.takeover_loop.store(true, Ordering::SeqCst);
+    let inner = Arc::clone(&handover.inner);
     let spawned = std::thread::Builder::new()
         .name("handover-takeover".into())
         .spawn(move || accept_loop(&handover, &listener, &path));
     if let Err(error) = spawned {
+        inner.takeover_loop.store(false, Ordering::SeqCst);
         tracing::error!(%error, "cannot start the takeover thread; takeovers are refused");
     }
 }
@@ -234,7 +238,16 @@ fn accept_loop(handover: &Handover, listener: &Arc<Listener>, path: &Path) {
         tv_sec: 0,
         tv_nsec: POLL_SLICE.as_nanos() as i64,
     };
-    while !matches!(handover.phase(), Phase::Draining(_)) {
+    loop {
+        {
+            // Under the phase lock: a probation that ends in a resume looks
+            // at this flag to know whether to start the loop again.
+            let phase = handover.inner.phase();
+            if matches!(*phase, Phase::Draining(_)) {
+                handover.inner.takeover_loop.store(false, Ordering::SeqCst);
+                break;
+            }
+        }
         let socket = listener.socket();
         let mut fds = [PollFd::new(&socket, PollFlags::IN)];
         if !poll(&mut fds, Some(&slice)).is_ok_and(|n| n > 0) {
@@ -399,6 +412,9 @@ fn take_over_by(
         drain_for(inner, phase, pid, took);
         Ok(give)
     });
+    if handed.is_ok() {
+        crate::probation::start(handover, crate::probation::Successor::Other(pid));
+    }
     match handed {
         // This thread sends the connections, on the same channel.
         Ok(Some(give)) => crate::migration::give_on(&give, channel),

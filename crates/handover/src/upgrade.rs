@@ -25,8 +25,9 @@ use handover_wire::channel::Channel;
 ///   Starting ─────────────▶ Serving ───────────────────────────▶ Upgrading ───────────────▶ Draining(Upgraded)
 ///      │                      ▲  │                                 │                            │
 ///      │                      │  │     rollback: exited / killed / │                            │ connections = 0
-///      │                      └──┼─── timeout / disconnected ──────┘                            │ or deadline
-///      │                         │   (keep serving)                                             ▼
+///      │                      ├──┼─── timeout / disconnected ──────┘                            │ or deadline,
+///      │                      │  │   (keep serving)                                             │ and probation over
+///      │                      └──┼──── the successor exits on probation ◀───────────────────────┤
 ///      │      stop() / SIGTERM   ▼                                                            exit
 ///      └────────────────────▶ Draining(Stop | Exit) ─── connections = 0 or deadline ────────▶ exit
 ///                                ▲
@@ -39,7 +40,10 @@ use handover_wire::channel::Channel;
 /// process never stopped accepting, so it simply goes on. On commit it writes
 /// the successor's pid to the PID file, tells systemd `MAINPID=<successor>` +
 /// `READY=1`, and only then issues the drain order (after which the
-/// application may exit at any moment) and drops its copies of the sockets.
+/// application may exit at any moment); it drops its copies of the sockets
+/// once the successor's probation is over. If the successor exits inside it,
+/// this process is `Serving` again and the drain order is withdrawn (see
+/// [`crate::probation`]).
 /// `Phase` and the [`crate::DrainSignal`] order say the same thing about
 /// draining: both are written together, under the phase lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,19 +96,26 @@ impl Handover {
         inner
             .upstream
             .notify(&handover_mechanism::notify::reloading());
-        let result = run(inner);
-        if result.is_err() {
-            let mut phase = inner.phase();
-            if matches!(*phase, Phase::Upgrading { .. }) {
-                *phase = Phase::Serving;
-                inner.upstream.notify(&[NotifyState::Ready]);
+        match run(inner) {
+            Ok(successor) => {
+                let pid = successor.pid();
+                crate::probation::start(self, crate::probation::Successor::Child(successor));
+                Ok(pid)
+            }
+            Err(error) => {
+                let mut phase = inner.phase();
+                if matches!(*phase, Phase::Upgrading { .. }) {
+                    *phase = Phase::Serving;
+                    inner.upstream.notify(&[NotifyState::Ready]);
+                }
+                Err(error)
             }
         }
-        result
     }
 }
 
-fn run(inner: &Inner) -> Result<u32> {
+/// Starts the successor and waits for it; returns it once committed to.
+fn run(inner: &Inner) -> Result<Child> {
     let receiver =
         NotifyReceiver::create().map_err(|e| Error::io("creating the notify socket", e))?;
     let mut link = vec![
@@ -229,7 +240,7 @@ fn commit(
     successor: Child,
     took: Duration,
     migration: Option<Channel>,
-) -> Result<u32> {
+) -> Result<Child> {
     let pid = successor.pid();
     let phase = inner.phase();
     if let Some(exited) = successor.exited().ok().flatten() {
@@ -255,7 +266,7 @@ fn commit(
     if let Some((give, channel)) = give {
         crate::migration::give_from_thread(give, channel);
     }
-    Ok(pid)
+    Ok(successor)
 }
 
 /// Whether the successor said `hello` with the migration capability on its
@@ -300,7 +311,8 @@ pub(crate) fn name_main(inner: &Inner, pid: u32) {
 }
 
 /// Issues the drain order for a hand-over to `pid`; then this process's copies
-/// of the sockets go.
+/// of the sockets go — at once without probation, else when it is over
+/// ([`crate::probation::start`] follows).
 pub(crate) fn drain_for(
     inner: &Inner,
     mut phase: std::sync::MutexGuard<'_, Phase>,
@@ -309,12 +321,18 @@ pub(crate) fn drain_for(
 ) {
     let reason = DrainReason::Upgraded { successor: pid };
     *phase = Phase::Draining(reason);
+    let on_probation = !inner.config.probation.is_zero();
+    inner.verdict.update(|verdict| {
+        *verdict = (!on_probation).then_some(crate::AfterDrain::Exit);
+    });
     inner.drain.issue(DrainOrder {
         reason,
         deadline: Instant::now() + inner.config.drain_timeout,
     });
     drop(phase);
-    inner.registry().release();
+    if !on_probation {
+        inner.registry().release();
+    }
     tracing::info!(successor = pid, ready_after = ?took, "hand-over committed; draining");
 }
 

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use handover::migration::{Arrivals, Migrant};
-use handover::{DrainReason, Handover};
+use handover::{AfterDrain, DrainReason, Handover};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -30,32 +30,38 @@ pub fn serve(
         let drain = handover.drain_signal();
         let mut connections = JoinSet::new();
         let mut open = true;
-        let order = loop {
-            tokio::select! {
-                biased;
-                order = drain.recv() => break order,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        connections.spawn(connection(handover.clone(), name.clone(), stream, Vec::new()));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "echo: accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-                arrived = arrivals.recv(), if open => match arrived {
-                    Some(migrant) => start_migrated(&mut connections, &handover, migrant),
-                    None => open = false,
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        loop {
+            let order = loop {
+                tokio::select! {
+                    biased;
+                    order = drain.recv() => break order,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            connections.spawn(connection(handover.clone(), name.clone(), stream, Vec::new()));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "echo: accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    },
+                    arrived = arrivals.recv(), if open => match arrived {
+                        Some(migrant) => start_migrated(&mut connections, &handover, migrant),
+                        None => open = false,
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            };
+            sweep(&arrivals, &mut connections, &handover);
+            let deadline = tokio::time::Instant::from_std(order.deadline);
+            let all_done = async { while connections.join_next().await.is_some() {} };
+            if tokio::time::timeout_at(deadline, all_done).await.is_err() {
+                tracing::warn!(listener = %name, "echo: drain deadline; closing what is left");
             }
-        };
-        drop(listener);
-        sweep(&arrivals, &mut connections, &handover);
-        let deadline = tokio::time::Instant::from_std(order.deadline);
-        let all_done = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout_at(deadline, all_done).await.is_err() {
-            tracing::warn!(listener = %name, "echo: drain deadline; closing what is left");
+            // The listener is kept while the successor is on probation: if it
+            // dies, accept again.
+            if handover.after_drain_async().await == AfterDrain::Exit {
+                break;
+            }
         }
     }
 }

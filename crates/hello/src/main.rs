@@ -57,6 +57,10 @@ struct Args {
     /// How long draining connections may take before they are closed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+    /// How long a new version is on probation once ready: this process keeps
+    /// its sockets meanwhile and serves again if the new one dies.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    probation: Duration,
     /// Serve takeovers at this Unix socket path; if a running hello serves it,
     /// take over from it instead of binding.
     #[arg(long, value_name = "PATH")]
@@ -106,7 +110,8 @@ fn main() -> ExitCode {
 fn handover_from(args: &Args) -> Result<Handover, handover::Error> {
     let mut builder = Handover::builder()
         .ready_timeout(args.ready_timeout)
-        .drain_timeout(args.drain_timeout);
+        .drain_timeout(args.drain_timeout)
+        .probation(args.probation);
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
     }

@@ -70,7 +70,9 @@ pub struct Summary {
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener` with `handler` until `handover`
 /// drains; resolves when every connection has ended, moved to the successor,
-/// or been closed at the deadline.
+/// or been closed at the deadline, and the successor's probation is over. If
+/// the successor dies on probation, it accepts on `listener` again (see
+/// [`crate::probation`]).
 ///
 /// Also serves the connections migrated to this process for the listener's
 /// name (see [`Handover::name_of`]): it asks for them when called, so call it
@@ -105,16 +107,36 @@ async fn run<H: Handler>(
     shared: Arc<connection::Shared<H>>,
     mut arrivals: Option<Arrivals>,
 ) -> Summary {
+    let mut connections = JoinSet::new();
+    loop {
+        let summary = accept_then_drain(&listener, &shared, &mut arrivals, &mut connections).await;
+        // The listener is kept (not accepting) while the successor is on
+        // probation; if it dies, this process accepts on it again.
+        match shared.handover.after_drain_async().await {
+            crate::AfterDrain::Resume { successor, how } => {
+                tracing::warn!(successor, %how, "the successor died on probation; accepting again");
+            }
+            _ => return summary,
+        }
+    }
+}
+
+/// Accepts until the drain order, then drains: one round of [`serve`].
+async fn accept_then_drain<H: Handler>(
+    listener: &TcpListener,
+    shared: &Arc<connection::Shared<H>>,
+    arrivals: &mut Option<Arrivals>,
+    connections: &mut JoinSet<()>,
+) -> Summary {
     let drain = shared.drain.clone();
     let tracker = shared.handover.tracker();
-    let mut connections = JoinSet::new();
     let order = loop {
         tokio::select! {
             biased;
             order = drain.recv() => break order,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let task = connection::serve(Arc::clone(&shared), stream, Vec::new(), true, tracker.track());
+                    let task = connection::serve(Arc::clone(shared), stream, Vec::new(), true, tracker.track());
                     connections.spawn(task);
                 }
                 Err(error) => {
@@ -123,22 +145,21 @@ async fn run<H: Handler>(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            arrived = next_arrival(&arrivals), if arrivals.is_some() => match arrived {
+            arrived = next_arrival(arrivals), if arrivals.is_some() => match arrived {
                 Some(migrant) => {
-                    if let Some(task) = migrated(&shared, migrant, &tracker) {
+                    if let Some(task) = migrated(shared, migrant, &tracker) {
                         connections.spawn(task);
                     }
                 }
-                None => arrivals = None,
+                None => *arrivals = None,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     };
-    drop(listener);
     // Connections that arrived but were not started yet are served (and
     // handed on, or drained) like the others.
     while let Some(migrant) = arrivals.as_ref().and_then(Arrivals::try_next) {
-        if let Some(task) = migrated(&shared, migrant, &tracker) {
+        if let Some(task) = migrated(shared, migrant, &tracker) {
             connections.spawn(task);
         }
     }
@@ -148,6 +169,9 @@ async fn run<H: Handler>(
         tokio::select! {
             left = tracker.idle(deadline) => break left,
             () = drain.shortened(deadline) => continue,
+            // The successor died on probation: accept again at once; the
+            // connections told to close go on closing meanwhile.
+            () = drain.withdrawn() => return Summary { reason: order.reason, closed_at_deadline: 0 },
         }
     };
     if left > 0 {

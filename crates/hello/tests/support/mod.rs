@@ -24,6 +24,16 @@ pub mod takeover;
 #[allow(unused_imports)]
 pub use takeover::Takeover;
 
+/// A short probation unless the test chooses one: the default (5 s) keeps
+/// every old process that much longer, which adds up over a test suite.
+pub fn short_probation(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--probation") {
+        &[]
+    } else {
+        &["--probation", "100ms"]
+    }
+}
+
 /// A running `hello` and all the pids it has had.
 pub struct Server {
     pub scratch: Scratch,
@@ -58,6 +68,7 @@ impl Server {
         let log = scratch.path("hello.log");
         let mut child = spawn(
             Command::new(&exe)
+                .args(short_probation(args))
                 .args(args)
                 .arg("--pid-file")
                 .arg(&pid_file)

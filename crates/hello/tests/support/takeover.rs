@@ -51,6 +51,7 @@ impl Takeover {
                 .arg(&self.path)
                 .arg("--pid-file")
                 .arg(&self.server.pid_file)
+                .args(short_probation(extra))
                 .args(extra)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
