@@ -38,6 +38,39 @@ pub fn send(target: &OsStr, states: &[NotifyState<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends one datagram of `states` with `fds` attached (`SCM_RIGHTS`), as
+/// `FDSTORE=1` needs, to the notify socket at `target` (a path or `@name`).
+pub fn send_with_fds(
+    target: &OsStr,
+    states: &[NotifyState<'_>],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use rustix::net::{
+        sendmsg_addr, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+    };
+    use std::mem::MaybeUninit;
+    let text: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let socket = UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target);
+    let address = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddrUnix::new_abstract_name(name)?,
+        None => SocketAddrUnix::new(Path::new(target))?,
+    };
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many fds for one notify message"));
+    }
+    sendmsg_addr(
+        &socket,
+        &address,
+        &[io::IoSlice::new(text.as_bytes())],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
 /// `RELOADING=1` with `MONOTONIC_USEC`, as systemd wants it at the start of a
 /// reload (an upgrade).
 pub fn reloading() -> Vec<NotifyState<'static>> {
@@ -66,6 +99,39 @@ impl Upstream {
                 tracing::warn!(%error, ?states, "cannot notify the service manager");
             }
         }
+    }
+
+    /// Whether there is a service manager to tell.
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Puts `fd` in the service manager's file descriptor store under `name`
+    /// (`FDSTORE=1`, `FDNAME=`): it keeps the socket open across a crash of
+    /// every process of the unit and passes it back through `LISTEN_FDS`.
+    /// Best effort; systemd ignores it unless `FileDescriptorStoreMax=` is set.
+    pub fn store(&self, name: &str, fd: std::os::fd::BorrowedFd<'_>) {
+        if let Some(target) = &self.0 {
+            // As text: sd-notify's FdStore variants need its `fdstore` feature
+            // (and a crate to send fds), and the fd is sent here.
+            let fdname = format!("FDNAME={name}");
+            let states = [
+                NotifyState::Custom("FDSTORE=1"),
+                NotifyState::Custom(&fdname),
+            ];
+            if let Err(error) = send_with_fds(target, &states, &[fd]) {
+                tracing::warn!(%error, name, "cannot store a socket with the service manager");
+            }
+        }
+    }
+
+    /// Takes the fds stored under `name` out of the store (`FDSTOREREMOVE=1`).
+    pub fn forget(&self, name: &str) {
+        let fdname = format!("FDNAME={name}");
+        self.notify(&[
+            NotifyState::Custom("FDSTOREREMOVE=1"),
+            NotifyState::Custom(&fdname),
+        ]);
     }
 }
 

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 pub mod config;
 pub mod control;
+pub mod fdstore;
 mod generation;
 mod listeners;
 pub mod ownership;

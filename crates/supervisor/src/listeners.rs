@@ -19,6 +19,7 @@ use handover_mechanism::sockets::{Address, SocketKind};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Listen;
+use crate::fdstore::FdStore;
 use crate::rescue::Target;
 use crate::status::SocketStatus;
 use crate::steering::Group;
@@ -48,12 +49,23 @@ enum Socket {
 impl Listeners {
     /// Binds every socket; TCP listeners as steered groups whose first member
     /// belongs to `epoch`. The error names the socket that could not be bound.
-    pub fn bind(listen: &[Listen], epoch: u64) -> Result<Listeners, String> {
+    ///
+    /// A socket handed in from the service manager's fd store under the same
+    /// name is taken instead of binding (see [`crate::fdstore`]).
+    pub fn bind(listen: &[Listen], epoch: u64, store: &mut FdStore) -> Result<Listeners, String> {
         let mut sockets = Vec::new();
         let mut probe = None;
         for listen in listen {
-            let named = bind_one(listen, epoch)
-                .map_err(|e| format!("cannot bind {:?} to {}: {e}", listen.name, listen.address))?;
+            let named = match store.take(&listen.name) {
+                Some(fd) => adopt_one(listen, fd, epoch)?,
+                None => None,
+            };
+            let named = match named {
+                Some(named) => named,
+                None => bind_one(listen, epoch).map_err(|e| {
+                    format!("cannot bind {:?} to {}: {e}", listen.name, listen.address)
+                })?,
+            };
             if probe.is_none() {
                 probe = named.probe_target();
             }
@@ -200,6 +212,24 @@ impl Listeners {
             .collect()
     }
 
+    /// The socket new connections go to, for each name: what the fd store
+    /// keeps.
+    pub fn current(&self) -> Vec<(String, OwnedFd)> {
+        self.sockets
+            .iter()
+            .filter_map(|named| {
+                let fd = match &named.socket {
+                    Socket::Shared(fd) => fd.try_clone().ok()?,
+                    Socket::Steered(group) => {
+                        let group = lock(group);
+                        group.fd(group.target())?.try_clone_to_owned().ok()?
+                    }
+                };
+                Some((named.name.clone(), fd))
+            })
+            .collect()
+    }
+
     /// The TCP listeners, as the keep-alive rescue needs them.
     pub fn rescue_targets(&self) -> Vec<Target> {
         self.sockets
@@ -231,6 +261,33 @@ impl Listeners {
             Socket::Shared(_) => None,
         })
     }
+}
+
+/// Takes `fd`, handed in for `listen`'s name, if it is what `listen` asks
+/// for; `None` (closed, logged) if `listen` now names another address.
+fn adopt_one(listen: &Listen, fd: OwnedFd, epoch: u64) -> Result<Option<Named>, String> {
+    let address = handover_mechanism::sockets::inspect(&fd, listen.kind)
+        .map_err(|problem| format!("the socket handed in for {:?} {problem}", listen.name))?;
+    if !address.serves(&listen.address) {
+        tracing::warn!(name = listen.name, handed_in = %address, wanted = %listen.address,
+            "the socket handed in is bound elsewhere; binding anew");
+        return Ok(None);
+    }
+    let named = |socket| Named {
+        name: listen.name.clone(),
+        address: address.to_string(),
+        protocol: listen.protocol,
+        socket,
+    };
+    tracing::info!(name = listen.name, %address, "took the socket handed in (fd store)");
+    if listen.kind == SocketKind::TcpListener {
+        match Group::adopt(fd.try_clone().map_err(|e| e.to_string())?, BACKLOG, epoch) {
+            Ok(group) => return Ok(Some(named(Socket::Steered(Arc::new(Mutex::new(group)))))),
+            Err(error) => tracing::warn!(%error, name = listen.name,
+                "cannot steer the socket handed in; sharing it"),
+        }
+    }
+    Ok(Some(named(Socket::Shared(fd))))
 }
 
 fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {

@@ -58,6 +58,33 @@ impl Group {
         })
     }
 
+    /// A group around `fd`, a member of a group bound before (handed back by
+    /// the service manager's fd store): it is the only member this process
+    /// knows, so it gets every connection. Fails if `fd` has no `SO_REUSEPORT`
+    /// (it cannot have siblings) or no address.
+    pub fn adopt(fd: OwnedFd, backlog: i32, epoch: u64) -> io::Result<Group> {
+        let socket = socket2::SockRef::from(&fd);
+        if !socket.reuse_port()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the socket has no SO_REUSEPORT",
+            ));
+        }
+        let address = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an inet socket"))?;
+        let mut group = Group {
+            address,
+            backlog,
+            members: vec![Member { epoch, fd }],
+            target: epoch,
+            probe: None,
+        };
+        group.apply()?;
+        Ok(group)
+    }
+
     /// The address, port 0 resolved.
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -15,6 +15,7 @@
 //! queued for it (or after [`HANDOFF_LIMIT`]), see [`crate::steering`].
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use handover_mechanism::notify::NotifyState;
@@ -24,10 +25,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::control::{self, Order, Reply, Request};
+use crate::fdstore::FdStore;
 use crate::generation::Generation;
 use crate::listeners::Listeners;
 use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
+use handover_mechanism::protocol::env::read_inheritance;
 
 mod draining;
 mod upgrade;
@@ -85,6 +88,7 @@ struct Supervisor {
     config: Config,
     listeners: Listeners,
     upstream: handover_mechanism::notify::Upstream,
+    fdstore: FdStore,
     current: Option<Generation>,
     starting: Option<Starting>,
     draining: Vec<Draining>,
@@ -104,7 +108,15 @@ struct Supervisor {
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, String> {
-    let listeners = Listeners::bind(&config.listen, 1)?;
+    // Sockets handed in by the service manager's fd store (a restart after a
+    // crash): taken instead of binding.
+    let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)
+        .map_err(|e| format!("the environment is unusable: {e}"))?;
+    let upstream = handover_mechanism::notify::Upstream::from_env();
+    let fdstore_max = std::env::var("FDSTORE").ok().and_then(|v| v.parse().ok());
+    let mut fdstore = FdStore::new(upstream.clone(), fdstore_max, inheritance.sockets);
+    let listeners = Listeners::bind(&config.listen, 1, &mut fdstore)?;
+    fdstore.close_unclaimed();
     let listener = control::bind(&config.control).map_err(|e| {
         format!(
             "cannot create the control socket {}: {e}",
@@ -120,7 +132,8 @@ pub async fn run(config: Config) -> Result<i32, String> {
             .map_err(|e| format!("cannot write PID file {}: {e}", path.display()))?;
     }
     let mut supervisor = Supervisor {
-        upstream: handover_mechanism::notify::Upstream::from_env(),
+        upstream,
+        fdstore,
         config,
         listeners,
         current: None,
@@ -138,6 +151,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
         stopping: false,
         stop_clients: Vec::new(),
     };
+    supervisor.store_sockets();
     let result = supervisor.event_loop(&mut orders, &mut rescued).await;
     supervisor.cleanup();
     result
@@ -263,7 +277,7 @@ impl Supervisor {
                 tracing::error!(
                     "pid {crashed} {status} unexpectedly during an upgrade; new connections wait for new pid {pid}"
                 );
-                self.listeners.steer_to(epoch);
+                self.steer_to(epoch);
             }
             if !self.stopping {
                 let message = format!(
@@ -291,7 +305,7 @@ impl Supervisor {
         };
         let old = self.draining.remove(at);
         let (pid, new) = (old.generation.pid(), crashed.pid());
-        self.listeners.steer_to(old.generation.epoch);
+        self.steer_to(old.generation.epoch);
         let orphans = self.listeners.take_queued(crashed.epoch);
         let queued = orphans.len();
         rescue::serve_orphans(
@@ -460,6 +474,23 @@ impl Supervisor {
             .chain(draining)
             .chain(self.respawn_at)
             .fold(far, Instant::min)
+    }
+
+    /// Sends new connections to `epoch`'s sockets, and keeps those in the
+    /// service manager's fd store.
+    fn steer_to(&mut self, epoch: u64) {
+        self.listeners.steer_to(epoch);
+        self.store_sockets();
+    }
+
+    /// Puts the sockets new connections go to in the fd store (if any).
+    fn store_sockets(&mut self) {
+        if !self.fdstore.enabled() {
+            return;
+        }
+        for (name, fd) in self.listeners.current() {
+            self.fdstore.store(&name, fd.as_fd());
+        }
     }
 
     fn notify_upstream(&self, states: &[NotifyState<'_>]) {

@@ -134,7 +134,7 @@ impl Supervisor {
             Purpose::First | Purpose::Respawn => self.current = Some(generation),
             Purpose::Upgrade { client } => {
                 // First thing: from now on new connections go to the new child.
-                self.listeners.steer_to(generation.epoch);
+                self.steer_to(generation.epoch);
                 say(
                     &client,
                     format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),

@@ -1,0 +1,336 @@
+//! `handover run` under a service manager with a file descriptor store: the
+//! supervisor and its children all SIGKILLed, the supervisor started again
+//! with the stored sockets (as systemd's `Restart=` does), and no client is
+//! refused — those who connected meanwhile are answered once the new child is
+//! ready. And the proof: started again without them, clients are refused.
+
+mod run_support;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use handover_mechanism::child::{self, Child, Program};
+use run_support::*;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+/// When a request began, and the pid that answered it or why none did.
+type Answer = (Instant, Result<u32, String>);
+
+/// What [`crash_and_restart`] saw: the answers, when everything was killed,
+/// when the new supervisor was ready, and the service manager.
+type Outage = (Vec<Answer>, Instant, Instant, ServiceManager);
+
+/// One load test at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A stand-in for systemd: a notify socket that keeps what is stored with
+/// `FDSTORE=1` under its `FDNAME`, drops what `FDSTOREREMOVE=1` names, and
+/// counts `READY=1`.
+struct ServiceManager {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    store: BTreeMap<String, OwnedFd>,
+    ready: usize,
+}
+
+impl ServiceManager {
+    fn new(scratch: &Scratch) -> ServiceManager {
+        let path = scratch.path("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ServiceManager {
+            socket,
+            path,
+            store: BTreeMap::new(),
+            ready: 0,
+        }
+    }
+
+    /// Handles one message, if one comes within 100 ms.
+    fn handle_one(&mut self) {
+        let mut buf = [0u8; 4096];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let Ok(received) = rustix::net::recvmsg(
+            &self.socket,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) else {
+            return;
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..received.bytes]).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let name = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("stored");
+        if lines.contains(&"FDSTORE=1") {
+            if let Some(fd) = fds.pop() {
+                self.store.insert(name.to_owned(), fd);
+            }
+        }
+        if lines.contains(&"FDSTOREREMOVE=1") {
+            self.store.remove(name);
+        }
+        if lines.contains(&"READY=1") {
+            self.ready += 1;
+        }
+    }
+
+    /// Handles messages until `READY=1` number `n` has come.
+    fn wait_ready(&mut self, n: usize, log: &std::path::Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ready < n {
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            self.handle_one();
+        }
+    }
+
+    /// Starts `handover run …` as systemd would: `NOTIFY_SOCKET`, `FDSTORE`,
+    /// and, if `with_store`, the stored fds as `LISTEN_FDS`.
+    fn start(&self, args: &[String], log: &std::path::Path, with_store: bool) -> Child {
+        let mut program = Program::new(HANDOVER);
+        program.args = std::iter::once(OsString::from(HANDOVER))
+            .chain(args.iter().map(OsString::from))
+            .collect();
+        let stored: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = if with_store {
+            self.store
+                .iter()
+                .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let env = [
+            ("NOTIFY_SOCKET", self.path.as_os_str().to_owned()),
+            ("FDSTORE", OsString::from("16")),
+            ("NO_COLOR", OsString::from("1")),
+        ];
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        child::spawn_with_stderr(&program, &stored, &env, Some(stderr.as_fd())).unwrap()
+    }
+}
+
+/// A free port below the ephemeral range (a load generator's client sockets
+/// cannot hold it), so that a supervisor started without the stored socket
+/// binds the same address.
+fn free_low_port() -> u16 {
+    let seed = std::process::id() as u16;
+    (0..2000)
+        .map(|i| 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 13) % 10_000))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port")
+}
+
+/// Clients asking one request after another on new connections, each
+/// waiting up to 30 s for its answer, until stopped (at most 90 s).
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            break;
+                        }
+                        let started = Instant::now();
+                        let answer = ask(addr);
+                        answers.lock().unwrap().push((started, answer));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answers,
+            workers,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    fn wait_for(&self, n: usize) {
+        wait_until("answers", Duration::from_secs(60), || {
+            (self.answered() >= n).then_some(())
+        });
+    }
+
+    fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.join().unwrap();
+        }
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+}
+
+fn ask(addr: SocketAddr) -> Result<u32, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("x-pid: "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| format!("no x-pid in {response:?}"))
+}
+
+/// SIGKILLs the supervisor and every process below it; waits until all are
+/// gone. Returns when that was.
+fn kill_everything(supervisor: &Child) -> Instant {
+    let mut all = descendants(supervisor.pid());
+    all.push(supervisor.pid());
+    for &pid in &all {
+        signal(pid, rustix::process::Signal::KILL);
+    }
+    let killed = Instant::now();
+    supervisor.kill_and_reap();
+    for pid in all {
+        wait_until("a killed process to go", Duration::from_secs(10), || {
+            exited(pid).then_some(())
+        });
+    }
+    killed
+}
+
+/// Starts, kills everything under load, starts again (`with_store`: with the
+/// stored sockets); returns the answers, when the kill was, and when the new
+/// supervisor said READY=1.
+fn crash_and_restart(label: &str, with_store: bool) -> Outage {
+    let scratch = Scratch::new(label);
+    let mut manager = ServiceManager::new(&scratch);
+    let port = free_low_port();
+    let log = scratch.path("handover.log");
+    let args: Vec<String> = [
+        "run",
+        "--listen",
+        &format!("web=127.0.0.1:{port}"),
+        "--pid-file",
+        scratch.path("handover.pid").to_str().unwrap(),
+        "--ready",
+        "notify",
+        "--",
+        "python3",
+        fixture("notify_server.py").to_str().unwrap(),
+        "--startup-delay",
+        "0.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let first = manager.start(&args, &log, false);
+    manager.wait_ready(1, &log);
+    assert!(
+        manager.store.keys().any(|name| name.starts_with("web@")),
+        "the socket is stored: {:?}",
+        manager.store.keys()
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let load = Load::start(addr, 3);
+    load.wait_for(30);
+    let killed = kill_everything(&first);
+    if !with_store {
+        // As without a store: the last holder of the socket is gone.
+        manager.store.clear();
+    }
+    let second = manager.start(&args, &log, with_store);
+    manager.wait_ready(2, &log);
+    let ready = Instant::now();
+    let now = load.answered();
+    load.wait_for(now + 100);
+    let answers = load.stop();
+    kill_everything(&second);
+    (answers, killed, ready, manager)
+}
+
+#[test]
+fn a_supervisor_restarted_with_its_stored_sockets_refuses_nobody() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (answers, killed, ready, manager) = crash_and_restart("fdstore", true);
+    // Lost: only the requests the killed child was serving (one per client at
+    // most). Refused: none. Every request begun after the kill answered.
+    let failed: Vec<_> = answers.iter().filter(|(_, a)| a.is_err()).collect();
+    assert!(failed.len() <= 3, "{failed:?}");
+    for (started, answer) in &failed {
+        assert!(*started < killed, "begun after the kill: {answer:?}");
+    }
+    assert!(answers
+        .iter()
+        .filter(|(started, _)| *started > killed)
+        .all(|(_, answer)| answer.is_ok()));
+    // Clients that connected while nothing ran were answered by the new child.
+    let waited: Vec<_> = answers
+        .iter()
+        .filter(|(started, _)| *started > killed && *started < ready)
+        .collect();
+    assert!(
+        !waited.is_empty(),
+        "some clients connected during the outage"
+    );
+    assert!(
+        manager.store.keys().all(|name| name.starts_with("web@")) && manager.store.len() == 1,
+        "one socket stored, under a fresh name: {:?}",
+        manager.store.keys()
+    );
+}
+
+#[test]
+fn without_the_stored_sockets_clients_are_refused_meanwhile() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Nothing keeps the socket: the address is closed from the kill until
+    // the new supervisor binds it again.
+    let (answers, _, _, _) = crash_and_restart("no-fdstore", false);
+    let refused = answers
+        .iter()
+        .filter(|(_, a)| a.as_ref().is_err_and(|e| e.starts_with("connect")))
+        .count();
+    assert!(
+        refused > 0,
+        "no connection was refused: the store is what saves them"
+    );
+}
