@@ -8,21 +8,18 @@ mod run_support;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{IoSliceMut, Read, Write};
+use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use handover_mechanism::child::{self, Child, Program};
+use run_support::fresh::{Answer, FreshLoad};
 use run_support::*;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-
-/// When a request began, and the pid that answered it or why none did.
-type Answer = (Instant, Result<u32, String>);
 
 /// What [`crash_and_restart`] saw: the answers, when everything was killed,
 /// when the new supervisor was ready, and the service manager.
@@ -147,79 +144,6 @@ fn free_low_port() -> u16 {
         .expect("a free port")
 }
 
-/// Clients asking one request after another on new connections, each
-/// waiting up to 30 s for its answer, until stopped (at most 90 s).
-struct Load {
-    stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<Answer>>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let workers = (0..workers)
-            .map(|_| {
-                let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
-                std::thread::spawn(move || {
-                    for _ in 0..20_000 {
-                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                            break;
-                        }
-                        let started = Instant::now();
-                        let answer = ask(addr);
-                        answers.lock().unwrap().push((started, answer));
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            answers,
-            workers,
-        }
-    }
-
-    fn answered(&self) -> usize {
-        self.answers.lock().unwrap().len()
-    }
-
-    fn wait_for(&self, n: usize) {
-        wait_until("answers", Duration::from_secs(60), || {
-            (self.answered() >= n).then_some(())
-        });
-    }
-
-    fn stop(self) -> Vec<Answer> {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers {
-            worker.join().unwrap();
-        }
-        std::mem::take(&mut *self.answers.lock().unwrap())
-    }
-}
-
-fn ask(addr: SocketAddr) -> Result<u32, String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix("x-pid: "))
-        .and_then(|pid| pid.trim().parse().ok())
-        .ok_or_else(|| format!("no x-pid in {response:?}"))
-}
-
 /// SIGKILLs the supervisor and every process below it; waits until all are
 /// gone. Returns when that was.
 fn kill_everything(supervisor: &Child) -> Instant {
@@ -271,8 +195,9 @@ fn crash_and_restart(label: &str, with_store: bool) -> Outage {
         manager.store.keys()
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let load = Load::start(addr, 3);
-    load.wait_for(30);
+    let began = Instant::now();
+    let load = FreshLoad::start(addr, 3);
+    load.wait_for_answers_after(began, 30);
     let killed = kill_everything(&first);
     if !with_store {
         // As without a store: the last holder of the socket is gone.
@@ -281,8 +206,7 @@ fn crash_and_restart(label: &str, with_store: bool) -> Outage {
     let second = manager.start(&args, &log, with_store);
     manager.wait_ready(2, &log);
     let ready = Instant::now();
-    let now = load.answered();
-    load.wait_for(now + 100);
+    load.wait_for_answers_after(ready, 100);
     let answers = load.stop();
     kill_everything(&second);
     (answers, killed, ready, manager)
@@ -294,22 +218,20 @@ fn a_supervisor_restarted_with_its_stored_sockets_refuses_nobody() {
     let (answers, killed, ready, manager) = crash_and_restart("fdstore", true);
     // Lost: only the requests the killed child was serving (one per client at
     // most). Refused: none. Every request begun after the kill answered.
-    let failed: Vec<_> = answers.iter().filter(|(_, a)| a.is_err()).collect();
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.pid.is_err()).collect();
     assert!(failed.len() <= 3, "{failed:?}");
-    for (started, answer) in &failed {
-        assert!(*started < killed, "begun after the kill: {answer:?}");
+    for answer in &failed {
+        assert!(answer.started < killed, "begun after the kill: {answer:?}");
     }
     assert!(answers
         .iter()
-        .filter(|(started, _)| *started > killed)
-        .all(|(_, answer)| answer.is_ok()));
+        .filter(|a| a.started > killed)
+        .all(|a| a.pid.is_ok()));
     // Clients that connected while nothing ran were answered by the new child.
-    let waited: Vec<_> = answers
-        .iter()
-        .filter(|(started, _)| *started > killed && *started < ready)
-        .collect();
     assert!(
-        !waited.is_empty(),
+        answers
+            .iter()
+            .any(|a| a.started > killed && a.started < ready),
         "some clients connected during the outage"
     );
     assert!(
@@ -327,7 +249,7 @@ fn without_the_stored_sockets_clients_are_refused_meanwhile() {
     let (answers, _, _, _) = crash_and_restart("no-fdstore", false);
     let refused = answers
         .iter()
-        .filter(|(_, a)| a.as_ref().is_err_and(|e| e.starts_with("connect")))
+        .filter(|a| a.pid.as_ref().is_err_and(|e| e.starts_with("connect")))
         .count();
     assert!(
         refused > 0,

@@ -5,112 +5,20 @@
 
 mod run_support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use run_support::fresh::{Answer, FreshLoad};
 use run_support::*;
 
 /// Both tests put load on two cores: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// One request on a new connection, as a client that never retries makes it.
-struct Answer {
-    started: Instant,
-    took: Duration,
-    /// The pid that answered, or why nothing did.
-    pid: Result<u32, String>,
-}
-
-fn ask(addr: SocketAddr) -> Answer {
-    let started = Instant::now();
-    let pid = (|| {
-        let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .map_err(|e| format!("read: {e}"))?;
-        response
-            .lines()
-            .find_map(|line| line.strip_prefix("x-pid: "))
-            .and_then(|pid| pid.trim().parse().ok())
-            .ok_or_else(|| format!("no x-pid in {response:?}"))
-    })();
-    Answer {
-        started,
-        took: started.elapsed(),
-        pid,
-    }
-}
-
-/// `workers` clients asking one request after another on new connections,
-/// until stopped (at most 60 s and 50 000 requests each).
-struct Load {
-    stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<Answer>>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let workers = (0..workers)
-            .map(|_| {
-                let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
-                std::thread::spawn(move || {
-                    for _ in 0..50_000 {
-                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                            break;
-                        }
-                        let answer = ask(addr);
-                        answers.lock().unwrap().push(answer);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            answers,
-            workers,
-        }
-    }
-
-    /// Waits until `n` requests started after `since` were answered.
-    fn wait_for_answers_after(&self, since: Instant, n: usize) {
-        wait_until("answers after the crash", Duration::from_secs(30), || {
-            let answers = self.answers.lock().unwrap();
-            (answers.iter().filter(|a| a.started > since).count() >= n).then_some(())
-        });
-    }
-
-    fn stop(self) -> Vec<Answer> {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers {
-            worker.join().unwrap();
-        }
-        Arc::try_unwrap(self.answers)
-            .ok()
-            .unwrap()
-            .into_inner()
-            .unwrap()
-    }
-}
-
 /// Upgrades, waits until the new child is current and has answered, and
 /// SIGKILLs it: returns (old pid, new pid, when it was killed, the upgrade).
 fn upgrade_then_kill_the_new_child(
     supervisor: &Supervisor,
-    load: &Load,
+    load: &FreshLoad,
 ) -> (
     u32,
     u32,
@@ -131,8 +39,7 @@ fn upgrade_then_kill_the_new_child(
         },
     );
     wait_until("the new child to answer", Duration::from_secs(10), || {
-        let answers = load.answers.lock().unwrap();
-        answers.iter().any(|a| a.pid == Ok(new)).then_some(())
+        load.any(|a| a.pid == Ok(new)).then_some(())
     });
     let killed = Instant::now();
     signal(new, rustix::process::Signal::KILL);
@@ -149,7 +56,7 @@ fn a_new_child_killed_on_probation_hands_back_to_the_old_one_under_load() {
     );
     let fds_before = fds_of(supervisor.process.id());
     const WORKERS: usize = 4;
-    let load = Load::start(supervisor.addr, WORKERS);
+    let load = FreshLoad::start(supervisor.addr, WORKERS);
     let (old, new, killed, upgrade) = upgrade_then_kill_the_new_child(&supervisor, &load);
 
     let output = upgrade.join().unwrap();
@@ -246,7 +153,7 @@ fn without_probation_the_same_crash_leaves_clients_waiting_for_a_restart() {
             "1",
         ],
     );
-    let load = Load::start(supervisor.addr, 2);
+    let load = FreshLoad::start(supervisor.addr, 2);
     let (old, new, killed, upgrade) = upgrade_then_kill_the_new_child(&supervisor, &load);
     let restarted = wait_until("a restarted child", Duration::from_secs(30), || {
         supervisor

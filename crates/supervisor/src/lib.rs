@@ -30,6 +30,7 @@ mod generation;
 mod listeners;
 pub mod ownership;
 mod readiness;
+pub mod recovery;
 pub mod rescue;
 pub mod status;
 mod steering;

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use handover_mechanism::sockets::{Address, SocketKind};
@@ -226,6 +226,36 @@ impl Listeners {
                     }
                 };
                 Some((named.name.clone(), fd))
+            })
+            .collect()
+    }
+
+    /// Each name's sockets by inode, for the state file (see
+    /// [`crate::recovery`]).
+    pub fn inodes(&self) -> Vec<crate::recovery::Sockets> {
+        use crate::ownership::inode_of;
+        self.sockets
+            .iter()
+            .map(|named| {
+                let (current, others) = match &named.socket {
+                    Socket::Shared(fd) => (inode_of(fd.as_fd()), Vec::new()),
+                    Socket::Steered(group) => {
+                        let group = lock(group);
+                        let target = group.target();
+                        let current = group.fd(target).and_then(inode_of);
+                        let others = group
+                            .epochs()
+                            .filter(|epoch| *epoch != target)
+                            .filter_map(|epoch| group.fd(epoch).and_then(inode_of))
+                            .collect();
+                        (current, others)
+                    }
+                };
+                crate::recovery::Sockets {
+                    name: named.name.clone(),
+                    current: current.unwrap_or_default(),
+                    others,
+                }
             })
             .collect()
     }

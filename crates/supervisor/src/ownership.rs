@@ -87,6 +87,49 @@ fn parse_diag_reply(reply: &[u8]) -> Option<u64> {
     (inode != 0).then_some(u64::from(inode))
 }
 
+/// The sockets `pid` holds: (fd number, inode), from `/proc/PID/fd`.
+pub fn socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u64)>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(number) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(inode) = socket_inode(&entry.path()) {
+            fds.push((number, inode));
+        }
+    }
+    Ok(fds)
+}
+
+/// The inode of the socket a `/proc/PID/fd/N` link names, if it names one.
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The inode of socket `fd` (as `/proc/PID/fd` shows it).
+pub fn inode_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    rustix::fs::fstat(fd).ok().map(|stat| stat.st_ino)
+}
+
+/// When `pid` started (clock ticks after boot, `/proc/PID/stat` field 22):
+/// with the pid, it names one process even if the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// Whether `root` or one of its descendants has the socket `inode` open.
 pub fn tree_holds(root: u32, inode: u64) -> bool {
     let wanted = format!("socket:[{inode}]");

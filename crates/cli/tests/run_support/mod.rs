@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fresh;
 pub mod http;
 pub mod servers;
 

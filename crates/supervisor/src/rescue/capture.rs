@@ -128,7 +128,7 @@ pub fn capture(
             Err(Errno::NOSYS) => return Err("pidfd_open is not available (Linux < 5.3)".into()),
             Err(error) => return Err(format!("pidfd_open({pid}): {error}")),
         };
-        let fds = match socket_fds(pid) {
+        let fds = match crate::ownership::socket_fds(pid) {
             Ok(fds) => fds,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -201,30 +201,6 @@ fn client_of(fd: &OwnedFd, targets: &[Target]) -> Option<usize> {
 }
 
 /// `(fd number, socket inode)` for each socket `pid` has open.
-fn socket_fds(pid: u32) -> std::io::Result<Vec<(i32, u64)>> {
-    let mut fds = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let entry = entry?;
-        let Some(number) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some(inode) = socket_inode(&entry.path()) {
-            fds.push((number, inode));
-        }
-    }
-    Ok(fds)
-}
-
-fn socket_inode(link: &std::path::Path) -> Option<u64> {
-    let target = std::fs::read_link(link).ok()?;
-    let target = target.to_str()?;
-    target
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 impl Process {
     /// Whether it has exited (its pidfd is readable).
     fn exited(&self) -> bool {
@@ -245,7 +221,7 @@ pub fn still_held(processes: &mut Vec<Process>) -> Option<HashSet<u64>> {
     processes.retain(|p| !p.exited());
     let mut held = HashSet::new();
     for process in processes.iter() {
-        match socket_fds(process.pid) {
+        match crate::ownership::socket_fds(process.pid) {
             Ok(fds) => held.extend(fds.into_iter().map(|(_, inode)| inode)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(_) => return None,

@@ -33,9 +33,11 @@ use crate::status::{ChildStatus, Record, Status};
 use handover_mechanism::protocol::env::read_inheritance;
 
 mod draining;
+mod orphans;
 mod upgrade;
 
 use draining::{Draining, Next, Rescue, Stage};
+use orphans::{Orphan, ORPHAN_POLL};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -104,17 +106,26 @@ struct Supervisor {
     respawn_at: Option<Instant>,
     stopping: bool,
     stop_clients: Vec<mpsc::Sender<Reply>>,
+    /// Children a crashed predecessor left, until they are gone.
+    orphans: Vec<Orphan>,
+    /// What the state file says now.
+    saved: Option<crate::recovery::State>,
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, String> {
+    // A predecessor that crashed may have left children that still hold the
+    // sockets: they are taken back from them (or we refuse, saying why).
+    let recovered = crate::recovery::recover(&crate::recovery::state_path(&config.control))?;
     // Sockets handed in by the service manager's fd store (a restart after a
     // crash): taken instead of binding.
     let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)
         .map_err(|e| format!("the environment is unusable: {e}"))?;
     let upstream = handover_mechanism::notify::Upstream::from_env();
     let fdstore_max = std::env::var("FDSTORE").ok().and_then(|v| v.parse().ok());
-    let mut fdstore = FdStore::new(upstream.clone(), fdstore_max, inheritance.sockets);
+    let mut handed_in = inheritance.sockets;
+    handed_in.extend(recovered.sockets);
+    let mut fdstore = FdStore::new(upstream.clone(), fdstore_max, handed_in);
     let listeners = Listeners::bind(&config.listen, 1, &mut fdstore)?;
     fdstore.close_unclaimed();
     let listener = control::bind(&config.control).map_err(|e| {
@@ -150,6 +161,15 @@ pub async fn run(config: Config) -> Result<i32, String> {
         respawn_at: None,
         stopping: false,
         stop_clients: Vec::new(),
+        orphans: recovered
+            .orphans
+            .into_iter()
+            .map(|process| Orphan {
+                process,
+                deadline: None,
+            })
+            .collect(),
+        saved: None,
     };
     supervisor.store_sockets();
     let result = supervisor.event_loop(&mut orders, &mut rescued).await;
@@ -172,11 +192,13 @@ impl Supervisor {
         self.start(Purpose::First).map_err(|e| e.to_string())?;
         tracing::info!(command = ?self.config.command, ready = %self.config.ready, "supervising");
         loop {
+            self.save_state();
             if self.stopping
                 && self.current.is_none()
                 && self.starting.is_none()
                 && self.draining.is_empty()
                 && self.settling.is_empty()
+                && self.orphans.is_empty()
             {
                 // The PID file goes before "stopped" is said: whoever asked may
                 // look for it the moment it hears that.
@@ -364,6 +386,7 @@ impl Supervisor {
 
     async fn tick(&mut self) {
         self.advance_draining().await;
+        self.check_orphans();
         let now = Instant::now();
         if self.starting.as_ref().is_some_and(|s| s.deadline <= now) {
             let why = format!(
@@ -459,6 +482,7 @@ impl Supervisor {
                 draining.stage = Stage::Killed;
             }
         }
+        self.stop_orphans(fast);
         tracing::info!(fast, "stopping");
     }
 
@@ -469,10 +493,12 @@ impl Supervisor {
             .draining
             .iter()
             .filter_map(|d| d.stage.wakes_at(d.deadline));
+        let orphans = (!self.orphans.is_empty()).then(|| Instant::now() + ORPHAN_POLL);
         starting
             .into_iter()
             .chain(draining)
             .chain(self.respawn_at)
+            .chain(orphans)
             .fold(far, Instant::min)
     }
 
@@ -533,6 +559,8 @@ impl Supervisor {
             handover_mechanism::pidfile::remove_if_holds(path, std::process::id());
         }
         let _ = std::fs::remove_file(&self.config.control);
+        // A clean exit leaves nothing to recover.
+        let _ = std::fs::remove_file(crate::recovery::state_path(&self.config.control));
     }
 }
 

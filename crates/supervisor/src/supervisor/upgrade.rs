@@ -131,7 +131,12 @@ impl Supervisor {
         self.backoff = FIRST_BACKOFF;
         self.respawn_at = None; // a child is serving again
         match starting.purpose {
-            Purpose::First | Purpose::Respawn => self.current = Some(generation),
+            Purpose::First | Purpose::Respawn => {
+                self.current = Some(generation);
+                // Recovering from a crash: our own child serves, the
+                // predecessor's may go.
+                self.stop_orphans(false);
+            }
             Purpose::Upgrade { client } => {
                 // First thing: from now on new connections go to the new child.
                 self.steer_to(generation.epoch);
