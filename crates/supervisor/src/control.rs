@@ -72,7 +72,9 @@ impl Reply {
 }
 
 /// A request with the channel its replies go to.
-pub type Order = (Request, mpsc::Sender<Reply>);
+/// The replies are unbounded: the event loop never waits for a client (a
+/// request has a handful of replies at most).
+pub type Order = (Request, mpsc::UnboundedSender<Reply>);
 
 /// How long a client may take to say what it wants.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,7 +145,7 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
     };
     // The answer may take as long as an upgrade does: only sends are bounded.
     let _ = channel.set_timeout(None);
-    let (replies, mut receive) = mpsc::channel(16);
+    let (replies, mut receive) = mpsc::unbounded_channel();
     if orders.blocking_send((request, replies)).is_err() {
         return;
     }

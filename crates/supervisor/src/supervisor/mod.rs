@@ -1,6 +1,13 @@
 //! The supervisor's event loop: one task owns all state and reacts to one event
 //! at a time — a control request, a signal, a child's exit, a readiness verdict,
-//! or a deadline.
+//! a rescue's or a failed start's report, or a deadline.
+//!
+//! Every handler is a plain (not `async`) function: the loop waits only in
+//! its `select!`, never on a control client (replies go into unbounded
+//! channels) or a child's stderr (a failed start's last lines are read by a
+//! task that reports back as `Event::StartFailed`). The one `/proc` scan it
+//! still makes itself is the rescue's capture, just before an old child's
+//! stop signal.
 //!
 //! ```text
 //!  start ─▶ Starting(first) ──ready──▶ Current ──crash──▶ (backoff) ─▶ Starting(respawn)
@@ -52,7 +59,7 @@ pub(super) const HANDOFF_POLL: Duration = Duration::from_millis(1);
 /// send its request to the relay.
 const ORPHAN_IDLE: Duration = Duration::from_secs(2);
 
-type Client = Option<mpsc::Sender<Reply>>;
+type Client = Option<mpsc::UnboundedSender<Reply>>;
 
 enum Purpose {
     First,
@@ -77,9 +84,13 @@ struct Settling {
 }
 
 enum Event {
-    Order(Request, mpsc::Sender<Reply>),
+    Order(Request, mpsc::UnboundedSender<Reply>),
+    /// A new child that was not committed, reported once its stderr is read.
+    StartFailed(upgrade::StartFailed),
     Upgrade,
-    Stop { fast: bool },
+    Stop {
+        fast: bool,
+    },
     ChildExited,
     Ready(Result<(), String>),
     Rescued(rescue::Report),
@@ -105,7 +116,10 @@ struct Supervisor {
     backoff: Duration,
     respawn_at: Option<Instant>,
     stopping: bool,
-    stop_clients: Vec<mpsc::Sender<Reply>>,
+    stop_clients: Vec<mpsc::UnboundedSender<Reply>>,
+    /// Where failed starts are reported, and how many are still to come.
+    start_failures: mpsc::UnboundedSender<upgrade::StartFailed>,
+    failures_pending: usize,
     /// Children a crashed predecessor left, until they are gone.
     orphans: Vec<Orphan>,
     /// What the state file says now.
@@ -136,6 +150,7 @@ pub async fn run(config: Config) -> Result<i32, String> {
     })?;
     let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
     let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
+    let (start_failures, mut failures) = mpsc::unbounded_channel();
     control::serve(listener, orders_tx)
         .map_err(|e| format!("cannot serve the control socket: {e}"))?;
     if let Some(path) = &config.pid_file {
@@ -161,6 +176,8 @@ pub async fn run(config: Config) -> Result<i32, String> {
         respawn_at: None,
         stopping: false,
         stop_clients: Vec::new(),
+        start_failures,
+        failures_pending: 0,
         orphans: recovered
             .orphans
             .into_iter()
@@ -172,7 +189,9 @@ pub async fn run(config: Config) -> Result<i32, String> {
         saved: None,
     };
     supervisor.store_sockets();
-    let result = supervisor.event_loop(&mut orders, &mut rescued).await;
+    let result = supervisor
+        .event_loop(&mut orders, &mut rescued, &mut failures)
+        .await;
     supervisor.cleanup();
     result
 }
@@ -182,6 +201,7 @@ impl Supervisor {
         &mut self,
         orders: &mut mpsc::Receiver<Order>,
         rescued: &mut mpsc::UnboundedReceiver<rescue::Report>,
+        failures: &mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
     ) -> Result<i32, String> {
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
@@ -199,6 +219,7 @@ impl Supervisor {
                 && self.draining.is_empty()
                 && self.settling.is_empty()
                 && self.orphans.is_empty()
+                && self.failures_pending == 0
             {
                 // The PID file goes before "stopped" is said: whoever asked may
                 // look for it the moment it hears that.
@@ -206,12 +227,10 @@ impl Supervisor {
                     handover_mechanism::pidfile::remove_if_holds(path, std::process::id());
                 }
                 for client in self.stop_clients.drain(..) {
-                    let _ = client
-                        .send(Reply::Done {
-                            ok: true,
-                            message: "stopped".into(),
-                        })
-                        .await;
+                    let _ = client.send(Reply::Done {
+                        ok: true,
+                        message: "stopped".into(),
+                    });
                     // Exit only once the answer is written (the handler then drops
                     // its end), or after a second if the client does not read.
                     let _ = tokio::time::timeout(Duration::from_secs(1), client.closed()).await;
@@ -230,48 +249,46 @@ impl Supervisor {
                 _ = chld.recv() => Event::ChildExited,
                 verdict = ready_verdict(&mut self.starting) => Event::Ready(verdict),
                 Some(report) = rescued.recv() => Event::Rescued(report),
+                Some(failed) = failures.recv() => Event::StartFailed(failed),
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
-            self.handle(event).await;
+            self.handle(event);
         }
     }
 
-    async fn handle(&mut self, event: Event) {
+    fn handle(&mut self, event: Event) {
         match event {
-            Event::Order(Request::Upgrade, client) => self.upgrade(Some(client)).await,
+            Event::Order(Request::Upgrade, client) => self.upgrade(Some(client)),
             Event::Order(Request::Status, client) => {
-                let _ = client.send(Reply::Status(Box::new(self.status()))).await;
+                let _ = client.send(Reply::Status(Box::new(self.status())));
             }
             Event::Order(Request::Stop, client) => {
-                let _ = client
-                    .send(progress(
-                        "stopping: the child drains, then the supervisor exits",
-                    ))
-                    .await;
+                let _ = client.send(progress(
+                    "stopping: the child drains, then the supervisor exits",
+                ));
                 self.stop_clients.push(client);
-                self.stop(false).await;
+                self.stop(false);
             }
-            Event::Upgrade => self.upgrade(None).await,
-            Event::Stop { fast } => self.stop(fast).await,
-            Event::ChildExited => self.reap().await,
-            Event::Ready(Ok(())) => self.commit().await,
+            Event::Upgrade => self.upgrade(None),
+            Event::Stop { fast } => self.stop(fast),
+            Event::ChildExited => self.reap(),
+            Event::Ready(Ok(())) => self.commit(),
             Event::Ready(Err(why)) => {
                 self.fail_starting(format!("could not be checked for readiness: {why}"), false)
-                    .await
             }
-            Event::Rescued(report) => self.rescued(report).await,
-            Event::Tick => self.tick().await,
+            Event::Rescued(report) => self.rescued(report),
+            Event::StartFailed(failed) => self.start_failed(failed),
+            Event::Tick => self.tick(),
         }
     }
 
-    async fn reap(&mut self) {
+    fn reap(&mut self) {
         let starting_exit = self
             .starting
             .as_ref()
             .and_then(|s| s.generation.child.exited().ok().flatten());
         if let Some(status) = starting_exit {
-            self.fail_starting(format!("{status} before it was ready"), true)
-                .await;
+            self.fail_starting(format!("{status} before it was ready"), true);
         }
         let current_exit = self
             .current
@@ -282,8 +299,8 @@ impl Supervisor {
                 return;
             };
             // An old child that has exited too is no rollback target.
-            self.reap_draining().await;
-            if self.roll_back(&crashed, &status.to_string()).await {
+            self.reap_draining();
+            if self.roll_back(&crashed, &status.to_string()) {
                 return;
             }
             let crashed = crashed.pid();
@@ -310,7 +327,7 @@ impl Supervisor {
                 self.schedule_respawn();
             }
         }
-        self.reap_draining().await;
+        self.reap_draining();
     }
 
     /// The current child `crashed` (it `how`): if an old child is still on
@@ -318,7 +335,7 @@ impl Supervisor {
     /// socket at once, those left queued on the crashed child's socket are
     /// relayed to it — and the upgrade that replaced it is recorded as failed.
     /// Returns whether it rolled back.
-    async fn roll_back(&mut self, crashed: &Generation, how: &str) -> bool {
+    fn roll_back(&mut self, crashed: &Generation, how: &str) -> bool {
         if self.stopping {
             return false;
         }
@@ -342,7 +359,7 @@ impl Supervisor {
         tracing::error!(%message);
         push(&mut self.crashes, false, message.clone());
         self.record_upgrade(false, message.clone());
-        done(&old.client, false, format!("upgrade failed: {message}")).await;
+        done(&old.client, false, format!("upgrade failed: {message}"));
         self.current = Some(old.generation);
         self.release_unused_epochs();
         self.notify_upstream(&[NotifyState::Ready]);
@@ -350,7 +367,7 @@ impl Supervisor {
     }
 
     /// Reaps the old children that have exited.
-    async fn reap_draining(&mut self) {
+    fn reap_draining(&mut self) {
         let mut still = Vec::new();
         for draining in std::mem::take(&mut self.draining) {
             match draining.generation.child.exited() {
@@ -373,8 +390,8 @@ impl Supervisor {
                     };
                     match draining.rescue {
                         Rescue::Watching => self.settling.push(settling),
-                        Rescue::Done(counts) => settle(settling, Some(counts)).await,
-                        Rescue::NotTaken => settle(settling, None).await,
+                        Rescue::Done(counts) => settle(settling, Some(counts)),
+                        Rescue::NotTaken => settle(settling, None),
                     }
                 }
                 _ => still.push(draining),
@@ -384,8 +401,8 @@ impl Supervisor {
         self.release_unused_epochs();
     }
 
-    async fn tick(&mut self) {
-        self.advance_draining().await;
+    fn tick(&mut self) {
+        self.advance_draining();
         self.check_orphans();
         let now = Instant::now();
         if self.starting.as_ref().is_some_and(|s| s.deadline <= now) {
@@ -393,7 +410,7 @@ impl Supervisor {
                 "was not ready within {}",
                 humantime::format_duration(self.config.ready_timeout)
             );
-            self.fail_starting(why, false).await;
+            self.fail_starting(why, false);
         }
         if self.respawn_at.is_some_and(|at| at <= now)
             && self.starting.is_none()
@@ -410,7 +427,7 @@ impl Supervisor {
 
     /// A rescue's connections have settled (the stop signal may go), or are
     /// all accounted for.
-    async fn rescued(&mut self, report: rescue::Report) {
+    fn rescued(&mut self, report: rescue::Report) {
         let (pid, counts) = match report {
             rescue::Report::Settled { pid } => {
                 if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid)
@@ -419,7 +436,7 @@ impl Supervisor {
                         *until = Instant::now();
                     }
                 }
-                self.advance_draining().await;
+                self.advance_draining();
                 return;
             }
             rescue::Report::Done { pid, counts } => (pid, counts),
@@ -437,7 +454,7 @@ impl Supervisor {
             return;
         }
         if let Some(at) = self.settling.iter().position(|s| s.pid == pid) {
-            settle(self.settling.remove(at), Some(counts)).await;
+            settle(self.settling.remove(at), Some(counts));
         }
     }
 
@@ -450,15 +467,14 @@ impl Supervisor {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    async fn stop(&mut self, fast: bool) {
+    fn stop(&mut self, fast: bool) {
         if !self.stopping {
             self.notify_upstream(&[NotifyState::Stopping]);
         }
         self.stopping = true;
         self.respawn_at = None;
         if self.starting.is_some() {
-            self.fail_starting("was abandoned: the supervisor is stopping".into(), false)
-                .await;
+            self.fail_starting("was abandoned: the supervisor is stopping".into(), false);
         }
         if let Some(current) = self.current.take() {
             let _ = current.child.signal(if fast {
@@ -475,7 +491,7 @@ impl Supervisor {
         for draining in &mut self.draining {
             draining.hurry(); // stop the old ones now too
         }
-        self.advance_draining().await;
+        self.advance_draining();
         if fast {
             for draining in &mut self.draining {
                 let _ = draining.generation.child.signal(libc::SIGKILL);
@@ -566,7 +582,7 @@ impl Supervisor {
 
 /// Tells an upgrade's client that its old child is gone (and what became of its
 /// connections).
-async fn settle(settling: Settling, counts: Option<rescue::Counts>) {
+fn settle(settling: Settling, counts: Option<rescue::Counts>) {
     let Settling {
         pid,
         how,
@@ -578,8 +594,7 @@ async fn settle(settling: Settling, counts: Option<rescue::Counts>) {
         &client,
         true,
         format!("old pid {pid} {how} after draining {took:.2}s{connections}"),
-    )
-    .await;
+    );
 }
 
 async fn ready_verdict(starting: &mut Option<Starting>) -> Result<(), String> {
@@ -614,14 +629,14 @@ fn progress(message: impl Into<String>) -> Reply {
     }
 }
 
-async fn say(client: &Client, message: String) {
+fn say(client: &Client, message: String) {
     if let Some(client) = client {
-        let _ = client.send(progress(message)).await;
+        let _ = client.send(progress(message));
     }
 }
 
-async fn done(client: &Client, ok: bool, message: String) {
+fn done(client: &Client, ok: bool, message: String) {
     if let Some(client) = client {
-        let _ = client.send(Reply::Done { ok, message }).await;
+        let _ = client.send(Reply::Done { ok, message });
     }
 }

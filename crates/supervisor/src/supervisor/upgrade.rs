@@ -14,6 +14,13 @@ use crate::generation::Generation;
 use crate::readiness;
 use crate::rescue;
 
+/// A new child that was not committed: why, and the upgrade's client if it
+/// was an upgrade's.
+pub(super) struct StartFailed {
+    message: String,
+    upgrade: Option<Client>,
+}
+
 impl Supervisor {
     /// Starts a child for `purpose` and the task that waits for its readiness.
     pub(super) fn start(&mut self, purpose: Purpose) -> std::io::Result<u32> {
@@ -69,7 +76,7 @@ impl Supervisor {
         Ok(pid)
     }
 
-    pub(super) async fn upgrade(&mut self, client: Client) {
+    pub(super) fn upgrade(&mut self, client: Client) {
         let refusal = if self.stopping {
             Some("the supervisor is stopping".to_owned())
         } else if let Some(starting) = &self.starting {
@@ -96,7 +103,7 @@ impl Supervisor {
         };
         if let Some(message) = refusal {
             tracing::warn!(%message, "upgrade refused");
-            done(&client, false, format!("upgrade refused: {message}")).await;
+            done(&client, false, format!("upgrade refused: {message}"));
             return;
         }
         self.notify_upstream(&handover_mechanism::notify::reloading());
@@ -109,17 +116,16 @@ impl Supervisor {
                 say(
                     &client,
                     format!("new pid {pid} started (generation {number})"),
-                )
-                .await;
+                );
             }
             Err(error) => {
                 tracing::error!(%error, "upgrade failed");
-                self.upgrade_failed(&client, error.to_string()).await;
+                self.upgrade_failed(&client, error.to_string());
             }
         }
     }
 
-    pub(super) async fn commit(&mut self) {
+    pub(super) fn commit(&mut self) {
         let Some(starting) = self.starting.take() else {
             return;
         };
@@ -143,8 +149,7 @@ impl Supervisor {
                 say(
                     &client,
                     format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
-                )
-                .await;
+                );
                 let old = self.current.replace(generation);
                 match old {
                     Some(old) => {
@@ -168,8 +173,7 @@ impl Supervisor {
                                      socket and connections, and serves again if it exits",
                                     humantime::format_duration(probation)
                                 ),
-                            )
-                            .await;
+                            );
                         }
                         self.draining.push(Draining::new(
                             old,
@@ -177,7 +181,7 @@ impl Supervisor {
                             self.config.drain_timeout,
                             client,
                         ));
-                        self.advance_draining().await;
+                        self.advance_draining();
                     }
                     None => {
                         self.release_unused_epochs();
@@ -185,7 +189,7 @@ impl Supervisor {
                             true,
                             format!("pid {pid} ready (the old child had exited)"),
                         );
-                        done(&client, true, format!("new pid {pid} serving")).await;
+                        done(&client, true, format!("new pid {pid} serving"));
                     }
                 }
             }
@@ -194,8 +198,10 @@ impl Supervisor {
     }
 
     /// The starting child is not committed: kill it (unless it already exited
-    /// and was reaped) and report why, with its last stderr lines.
-    pub(super) async fn fail_starting(&mut self, why: String, reaped: bool) {
+    /// and was reaped) at once; why, with its last stderr lines, is reported
+    /// by a task once they are read (at most 500 ms: the event loop does not
+    /// wait for a pipe) — see [`Supervisor::start_failed`].
+    pub(super) fn fail_starting(&mut self, why: String, reaped: bool) {
         let Some(starting) = self.starting.take() else {
             return;
         };
@@ -205,26 +211,42 @@ impl Supervisor {
         if !reaped {
             generation.child.kill_and_reap();
         }
-        let tail = generation.stderr_tail().await;
-        let mut message = format!("new pid {pid} {why}");
-        if !tail.is_empty() {
-            message.push_str("; last lines of its stderr:\n  ");
-            message.push_str(&tail.join("\n  "));
-        }
-        tracing::error!(%message, "child not ready");
         self.release_unused_epochs();
-        match starting.purpose {
-            Purpose::Upgrade { client } => self.upgrade_failed(&client, message).await,
-            Purpose::First | Purpose::Respawn => self.schedule_respawn(),
+        let upgrade = match starting.purpose {
+            Purpose::Upgrade { client } => Some(client),
+            Purpose::First | Purpose::Respawn => {
+                self.schedule_respawn();
+                None
+            }
+        };
+        let reports = self.start_failures.clone();
+        self.failures_pending += 1;
+        tokio::spawn(async move {
+            let tail = generation.stderr_tail().await;
+            let mut message = format!("new pid {pid} {why}");
+            if !tail.is_empty() {
+                message.push_str("; last lines of its stderr:\n  ");
+                message.push_str(&tail.join("\n  "));
+            }
+            let _ = reports.send(StartFailed { message, upgrade });
+        });
+    }
+
+    /// The report of [`Supervisor::fail_starting`].
+    pub(super) fn start_failed(&mut self, failed: StartFailed) {
+        self.failures_pending -= 1;
+        tracing::error!(message = %failed.message, "child not ready");
+        if let Some(client) = failed.upgrade {
+            self.upgrade_failed(&client, failed.message);
         }
     }
 
     /// Records a failed upgrade and tells the client and systemd; the old child
     /// was never touched.
-    async fn upgrade_failed(&mut self, client: &Client, message: String) {
+    fn upgrade_failed(&mut self, client: &Client, message: String) {
         self.record_upgrade(false, message.clone());
         let reply = format!("upgrade failed: {message}\nthe old child keeps serving");
-        done(client, false, reply).await;
+        done(client, false, reply);
         self.notify_upstream(&[NotifyState::Ready]);
     }
 
@@ -232,7 +254,7 @@ impl Supervisor {
     /// through the hand-off of what was queued for it (new connections go to the
     /// new child) and the rescue's hold, to the stop signal; killed at the drain
     /// deadline.
-    pub(super) async fn advance_draining(&mut self) {
+    pub(super) fn advance_draining(&mut self) {
         for at in 0..self.draining.len() {
             loop {
                 let draining = &self.draining[at];
@@ -281,7 +303,7 @@ impl Supervisor {
                         {
                             tracing::warn!(%error, pid, "cannot signal the old child");
                         }
-                        say(&draining.client, format!("old pid {pid} draining")).await;
+                        say(&draining.client, format!("old pid {pid} draining"));
                     }
                     Next::Kill => {
                         let draining = &mut self.draining[at];
@@ -294,8 +316,7 @@ impl Supervisor {
                         say(
                             &draining.client,
                             format!("old pid {pid} still running at the drain deadline: killed"),
-                        )
-                        .await;
+                        );
                     }
                 }
             }
