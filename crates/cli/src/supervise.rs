@@ -134,7 +134,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     match runtime.block_on(handover_supervisor::run(config)) {
         Ok(code) => Ok(ExitCode::from(code as u8)),
-        Err(message) => anyhow::bail!(message),
+        Err(error) => Err(error.into()),
     }
 }
 

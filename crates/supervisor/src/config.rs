@@ -53,6 +53,7 @@ pub struct Listen {
 
 /// What a TCP listener's connections speak, as far as a rescue relay cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
     /// HTTP/1.1: rescued request by request, the last answer `Connection: close`
     /// (`NAME=HOST:PORT`, `NAME=http://HOST:PORT`).
@@ -108,6 +109,7 @@ impl FromStr for Listen {
 
 /// How the supervisor learns that a new child is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReadyMode {
     /// The child sends `READY=1` to `NOTIFY_SOCKET` (sd_notify).
     Notify,

@@ -24,6 +24,7 @@ use crate::status::Status;
 
 /// What a client asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Request {
     /// Start a new child, commit when ready, drain the old one.
     Upgrade,
@@ -35,6 +36,7 @@ pub enum Request {
 
 /// What the supervisor answers (one or more per request).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Reply {
     /// A step of a request under way.
     Progress {

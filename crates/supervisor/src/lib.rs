@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 pub mod config;
 pub mod control;
+pub mod error;
 pub mod fdstore;
 mod generation;
 mod listeners;
@@ -37,4 +38,5 @@ mod steering;
 mod supervisor;
 
 pub use config::{Config, Listen, ReadyMode};
+pub use error::{Error, NotReady, RecoveryError};
 pub use supervisor::run;

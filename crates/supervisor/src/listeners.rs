@@ -19,6 +19,7 @@ use handover_mechanism::sockets::{Address, SocketKind};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Listen;
+use crate::error::Error;
 use crate::fdstore::FdStore;
 use crate::rescue::Target;
 use crate::status::SocketStatus;
@@ -52,7 +53,7 @@ impl Listeners {
     ///
     /// A socket handed in from the service manager's fd store under the same
     /// name is taken instead of binding (see [`crate::fdstore`]).
-    pub fn bind(listen: &[Listen], epoch: u64, store: &mut FdStore) -> Result<Listeners, String> {
+    pub fn bind(listen: &[Listen], epoch: u64, store: &mut FdStore) -> Result<Listeners, Error> {
         let mut sockets = Vec::new();
         let mut probe = None;
         for listen in listen {
@@ -62,8 +63,10 @@ impl Listeners {
             };
             let named = match named {
                 Some(named) => named,
-                None => bind_one(listen, epoch).map_err(|e| {
-                    format!("cannot bind {:?} to {}: {e}", listen.name, listen.address)
+                None => bind_one(listen, epoch).map_err(|source| Error::Bind {
+                    name: listen.name.clone(),
+                    address: listen.address.to_string(),
+                    source,
                 })?,
             };
             if probe.is_none() {
@@ -295,9 +298,13 @@ impl Listeners {
 
 /// Takes `fd`, handed in for `listen`'s name, if it is what `listen` asks
 /// for; `None` (closed, logged) if `listen` now names another address.
-fn adopt_one(listen: &Listen, fd: OwnedFd, epoch: u64) -> Result<Option<Named>, String> {
-    let address = handover_mechanism::sockets::inspect(&fd, listen.kind)
-        .map_err(|problem| format!("the socket handed in for {:?} {problem}", listen.name))?;
+fn adopt_one(listen: &Listen, fd: OwnedFd, epoch: u64) -> Result<Option<Named>, Error> {
+    let address = handover_mechanism::sockets::inspect(&fd, listen.kind).map_err(|problem| {
+        Error::HandedIn {
+            name: listen.name.clone(),
+            problem,
+        }
+    })?;
     if !address.serves(&listen.address) {
         tracing::warn!(name = listen.name, handed_in = %address, wanted = %listen.address,
             "the socket handed in is bound elsewhere; binding anew");
@@ -311,7 +318,11 @@ fn adopt_one(listen: &Listen, fd: OwnedFd, epoch: u64) -> Result<Option<Named>, 
     };
     tracing::info!(name = listen.name, %address, "took the socket handed in (fd store)");
     if listen.kind == SocketKind::TcpListener {
-        match Group::adopt(fd.try_clone().map_err(|e| e.to_string())?, BACKLOG, epoch) {
+        let copy = fd.try_clone().map_err(|e| Error::HandedIn {
+            name: listen.name.clone(),
+            problem: format!("cannot be duplicated: {e}"),
+        })?;
+        match Group::adopt(copy, BACKLOG, epoch) {
             Ok(group) => return Ok(Some(named(Socket::Steered(Arc::new(Mutex::new(group)))))),
             Err(error) => tracing::warn!(%error, name = listen.name,
                 "cannot steer the socket handed in; sharing it"),

@@ -9,6 +9,7 @@ use handover_mechanism::protocol::message::{Message, MAX_MESSAGE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ReadyMode;
+use crate::error::NotReady;
 use crate::listeners::ProbeTarget;
 use crate::ownership;
 
@@ -24,10 +25,10 @@ pub async fn wait(
     epoch: u64,
     notify: Option<&std::os::unix::net::UnixDatagram>,
     probe: Option<ProbeTarget>,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     match mode {
         ReadyMode::Notify => {
-            let socket = notify.ok_or("no notify socket")?;
+            let socket = notify.ok_or(NotReady::NoNotifySocket)?;
             wait_notify(socket).await
         }
         ReadyMode::Delay(delay) => {
@@ -35,7 +36,7 @@ pub async fn wait(
             Ok(())
         }
         ReadyMode::Http(_) | ReadyMode::Tcp => {
-            let target = probe.ok_or("http and tcp readiness need a TCP --listen socket")?;
+            let target = probe.ok_or(NotReady::NothingToProbe)?;
             loop {
                 match probe_once(mode, &target, pid, epoch).await {
                     Probe::Ready => return Ok(()),
@@ -49,18 +50,18 @@ pub async fn wait(
     }
 }
 
-async fn wait_notify(socket: &std::os::unix::net::UnixDatagram) -> Result<(), String> {
+async fn wait_notify(socket: &std::os::unix::net::UnixDatagram) -> Result<(), NotReady> {
     let socket = socket
         .try_clone()
         .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .and_then(tokio::net::UnixDatagram::from_std)
-        .map_err(|e| format!("notify socket: {e}"))?;
+        .map_err(|e| NotReady::Notify(e.to_string()))?;
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
     loop {
         let n = socket
             .recv(&mut buf)
             .await
-            .map_err(|e| format!("notify socket: {e}"))?;
+            .map_err(|e| NotReady::Notify(e.to_string()))?;
         match Message::parse(&buf[..n]) {
             Ok(message) if message.is_ready() => return Ok(()),
             Ok(message) => tracing::debug!(%message, "child says"),

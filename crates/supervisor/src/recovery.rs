@@ -34,6 +34,7 @@ use rustix::io::Errno;
 use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::error::RecoveryError;
 use crate::ownership::{self, start_time};
 
 /// What a supervisor leaves for its successor after a crash.
@@ -114,15 +115,15 @@ pub struct Recovered {
 /// Takes the sockets back from the orphans the state file at `path` names.
 /// `Ok` with nothing if there is no file, or nobody it names is left. The
 /// error says why recovery is impossible and what to do.
-pub fn recover(path: &Path) -> Result<Recovered, String> {
+pub fn recover(path: &Path) -> Result<Recovered, RecoveryError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Recovered::default()),
-        Err(error) => {
-            return Err(format!(
-                "cannot read the state file {}: {error}",
-                path.display()
-            ))
+        Err(source) => {
+            return Err(RecoveryError::StateFile {
+                path: path.to_owned(),
+                source,
+            })
         }
     };
     let state: State = match serde_json::from_slice(&text) {
@@ -133,11 +134,9 @@ pub fn recover(path: &Path) -> Result<Recovered, String> {
         }
     };
     if state.supervisor.pid != std::process::id() && state.supervisor.alive() {
-        return Err(format!(
-            "a supervisor (pid {}) is already running with this control socket; \
-             use `handover status` / `handover stop`, or give this one another --control",
-            state.supervisor.pid
-        ));
+        return Err(RecoveryError::AlreadyRunning {
+            pid: state.supervisor.pid,
+        });
     }
     let orphans: Vec<Process> = state
         .children
@@ -180,7 +179,10 @@ pub fn recover(path: &Path) -> Result<Recovered, String> {
 
 /// Duplicates of every inode the state lists, taken from whichever orphan
 /// holds it.
-fn take_inodes(orphans: &[Process], state: &State) -> Result<BTreeMap<u64, OwnedFd>, String> {
+fn take_inodes(
+    orphans: &[Process],
+    state: &State,
+) -> Result<BTreeMap<u64, OwnedFd>, RecoveryError> {
     let wanted: Vec<u64> = state
         .sockets
         .iter()
@@ -191,30 +193,19 @@ fn take_inodes(orphans: &[Process], state: &State) -> Result<BTreeMap<u64, Owned
         let Some(raw) = Pid::from_raw(orphan.pid as i32) else {
             continue;
         };
-        let what_to_do = format!(
-            "stop the orphaned child yourself (kill {}) and start `handover run` again, \
-             or run it as that user or with CAP_SYS_PTRACE",
-            orphan.pid
-        );
+        let refused = |why: String| RecoveryError::Orphan {
+            pid: orphan.pid,
+            why,
+        };
         let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
             Ok(pidfd) => pidfd,
             Err(Errno::SRCH) => continue,
-            Err(error) => {
-                return Err(format!(
-                    "cannot recover from pid {} (pidfd_open: {error}): {what_to_do}",
-                    orphan.pid
-                ))
-            }
+            Err(error) => return Err(refused(format!("pidfd_open: {error}"))),
         };
         let fds = match ownership::socket_fds(orphan.pid) {
             Ok(fds) => fds,
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => {
-                return Err(format!(
-                    "cannot read /proc/{}/fd ({error}): {what_to_do}",
-                    orphan.pid
-                ))
-            }
+            Err(error) => return Err(refused(format!("reading /proc/{}/fd: {error}", orphan.pid))),
         };
         for (number, inode) in fds {
             if !wanted.contains(&inode) || found.contains_key(&inode) {
@@ -226,19 +217,13 @@ fn take_inodes(orphans: &[Process], state: &State) -> Result<BTreeMap<u64, Owned
                 }
                 Err(Errno::BADF) => {} // closed meanwhile
                 Err(Errno::PERM) => {
-                    return Err(format!(
-                        "taking the listening sockets back from pid {} is not permitted \
-                         (pidfd_getfd: EPERM: it runs as another user, is not dumpable, or \
-                         Yama ptrace_scope forbids it): {what_to_do}",
-                        orphan.pid
+                    return Err(refused(
+                        "pidfd_getfd is not permitted (EPERM): it runs as another user, \
+                         is not dumpable, or Yama ptrace_scope forbids it"
+                            .into(),
                     ))
                 }
-                Err(error) => {
-                    return Err(format!(
-                        "cannot take a socket from pid {} (pidfd_getfd: {error}): {what_to_do}",
-                        orphan.pid
-                    ))
-                }
+                Err(error) => return Err(refused(format!("pidfd_getfd: {error}"))),
             }
         }
     }
@@ -305,7 +290,7 @@ mod tests {
             ..State::default()
         };
         write(&path, &live).unwrap();
-        let refused = recover(&path).unwrap_err();
+        let refused = recover(&path).unwrap_err().to_string();
         assert!(refused.contains("already running"), "{refused}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::control::{self, Order, Reply, Request};
+use crate::error::{Error, NotReady};
 use crate::fdstore::FdStore;
 use crate::generation::Generation;
 use crate::listeners::Listeners;
@@ -71,7 +72,7 @@ struct Starting {
     generation: Generation,
     purpose: Purpose,
     deadline: Instant,
-    ready: JoinHandle<Result<(), String>>,
+    ready: JoinHandle<Result<(), NotReady>>,
 }
 
 /// An old child that has exited while its rescued connections are still being
@@ -92,7 +93,7 @@ enum Event {
         fast: bool,
     },
     ChildExited,
-    Ready(Result<(), String>),
+    Ready(Result<(), NotReady>),
     Rescued(rescue::Report),
     Tick,
 }
@@ -127,14 +128,13 @@ struct Supervisor {
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
-pub async fn run(config: Config) -> Result<i32, String> {
+pub async fn run(config: Config) -> Result<i32, Error> {
     // A predecessor that crashed may have left children that still hold the
     // sockets: they are taken back from them (or we refuse, saying why).
     let recovered = crate::recovery::recover(&crate::recovery::state_path(&config.control))?;
     // Sockets handed in by the service manager's fd store (a restart after a
     // crash): taken instead of binding.
-    let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)
-        .map_err(|e| format!("the environment is unusable: {e}"))?;
+    let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)?;
     let upstream = handover_mechanism::notify::Upstream::from_env();
     let fdstore_max = std::env::var("FDSTORE").ok().and_then(|v| v.parse().ok());
     let mut handed_in = inheritance.sockets;
@@ -142,20 +142,22 @@ pub async fn run(config: Config) -> Result<i32, String> {
     let mut fdstore = FdStore::new(upstream.clone(), fdstore_max, handed_in);
     let listeners = Listeners::bind(&config.listen, 1, &mut fdstore)?;
     fdstore.close_unclaimed();
-    let listener = control::bind(&config.control).map_err(|e| {
-        format!(
-            "cannot create the control socket {}: {e}",
-            config.control.display()
-        )
-    })?;
+    let control_error = |source| Error::Control {
+        path: config.control.clone(),
+        source,
+    };
+    let listener = control::bind(&config.control).map_err(control_error)?;
     let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
     let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
     let (start_failures, mut failures) = mpsc::unbounded_channel();
-    control::serve(listener, orders_tx)
-        .map_err(|e| format!("cannot serve the control socket: {e}"))?;
+    control::serve(listener, orders_tx).map_err(control_error)?;
     if let Some(path) = &config.pid_file {
-        handover_mechanism::pidfile::write(path, std::process::id())
-            .map_err(|e| format!("cannot write PID file {}: {e}", path.display()))?;
+        handover_mechanism::pidfile::write(path, std::process::id()).map_err(|source| {
+            Error::PidFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
     }
     let mut supervisor = Supervisor {
         upstream,
@@ -202,14 +204,14 @@ impl Supervisor {
         orders: &mut mpsc::Receiver<Order>,
         rescued: &mut mpsc::UnboundedReceiver<rescue::Report>,
         failures: &mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
-    ) -> Result<i32, String> {
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut chld = signal(SignalKind::child()).map_err(|e| e.to_string())?;
-        self.start(Purpose::First).map_err(|e| e.to_string())?;
+    ) -> Result<i32, Error> {
+        let mut hup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(Error::Signal)?;
+        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+        let mut quit = signal(SignalKind::quit()).map_err(Error::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+        let mut chld = signal(SignalKind::child()).map_err(Error::Signal)?;
+        self.start(Purpose::First).map_err(Error::FirstChild)?;
         tracing::info!(command = ?self.config.command, ready = %self.config.ready, "supervising");
         loop {
             self.save_state();
@@ -597,11 +599,11 @@ fn settle(settling: Settling, counts: Option<rescue::Counts>) {
     );
 }
 
-async fn ready_verdict(starting: &mut Option<Starting>) -> Result<(), String> {
+async fn ready_verdict(starting: &mut Option<Starting>) -> Result<(), NotReady> {
     match starting {
         Some(starting) => match (&mut starting.ready).await {
             Ok(verdict) => verdict,
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(NotReady::Task(error.to_string())),
         },
         None => std::future::pending().await,
     }
