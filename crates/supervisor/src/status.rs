@@ -25,6 +25,10 @@ pub struct Status {
     pub crashes: Vec<Record>,
     /// Whether the supervisor is stopping.
     pub stopping: bool,
+    /// Where the current slot is: starting, serving, upgrading, backoff,
+    /// stopping.
+    #[serde(default)]
+    pub slot: String,
 }
 
 /// One socket.
@@ -69,12 +73,7 @@ pub struct Record {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "supervisor pid {}{}",
-            self.supervisor_pid,
-            if self.stopping { " (stopping)" } else { "" }
-        )?;
+        writeln!(f, "supervisor pid {} ({})", self.supervisor_pid, self.slot)?;
         writeln!(f, "command: {}", self.command.join(" "))?;
         for socket in &self.sockets {
             writeln!(

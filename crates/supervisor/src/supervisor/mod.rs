@@ -42,10 +42,12 @@ use handover_mechanism::protocol::env::read_inheritance;
 
 mod draining;
 mod orphans;
+mod slot;
 mod upgrade;
 
 use draining::{Draining, Next, Rescue, Stage};
 use orphans::{Orphan, ORPHAN_POLL};
+use slot::Slot;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -414,11 +416,7 @@ impl Supervisor {
             );
             self.fail_starting(why, false);
         }
-        if self.respawn_at.is_some_and(|at| at <= now)
-            && self.starting.is_none()
-            && self.current.is_none()
-            && !self.stopping
-        {
+        if self.slot().restart_due(now) {
             self.respawn_at = None;
             if let Err(error) = self.start(Purpose::Respawn) {
                 tracing::error!(%error, "restart failed");
@@ -461,7 +459,7 @@ impl Supervisor {
     }
 
     fn schedule_respawn(&mut self) {
-        if self.stopping || self.current.is_some() {
+        if !self.slot().needs_restart() {
             return;
         }
         tracing::warn!(after = ?self.backoff, "restarting the child");
@@ -537,6 +535,20 @@ impl Supervisor {
         }
     }
 
+    /// Where the current slot is (see [`slot`]).
+    fn slot(&self) -> Slot {
+        let starting = self.starting.as_ref().map(|s| {
+            let upgrade = matches!(s.purpose, Purpose::Upgrade { .. });
+            (s.generation.pid(), upgrade)
+        });
+        Slot::of(
+            self.stopping,
+            self.current.is_some(),
+            starting,
+            self.respawn_at,
+        )
+    }
+
     fn notify_upstream(&self, states: &[NotifyState<'_>]) {
         self.upstream.notify(states);
     }
@@ -566,6 +578,7 @@ impl Supervisor {
             upgrades: self.upgrades.iter().cloned().collect(),
             crashes: self.crashes.iter().cloned().collect(),
             stopping: self.stopping,
+            slot: self.slot().name().to_owned(),
         }
     }
 

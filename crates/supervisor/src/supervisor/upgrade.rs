@@ -77,15 +77,8 @@ impl Supervisor {
     }
 
     pub(super) fn upgrade(&mut self, client: Client) {
-        let refusal = if self.stopping {
-            Some("the supervisor is stopping".to_owned())
-        } else if let Some(starting) = &self.starting {
-            Some(format!(
-                "an upgrade or restart is already under way (new pid {})",
-                starting.generation.pid()
-            ))
-        } else if self.current.is_none() {
-            Some("no child is running (it crashed and is being restarted)".to_owned())
+        let refusal = if let Some(why) = self.slot().upgrade_refusal() {
+            Some(why)
         } else if self.draining.len() >= self.config.max_draining {
             let pids: Vec<String> = self
                 .draining
