@@ -33,12 +33,17 @@ enum Command {
     Run(supervise::RunArgs),
     /// Upgrade the server under a running supervisor, or a library process
     /// (`--socket`); show each step, exit 1 with the reason on rollback.
-    Upgrade(supervise::ClientArgs),
+    /// `--supervisor`: re-execute the supervisor itself instead.
+    Upgrade(supervise::UpgradeArgs),
     /// Show a running supervisor's children, sockets and last upgrades, or a
     /// library process's state.
     Status(supervise::ClientArgs),
     /// Stop the server gracefully (then the supervisor).
     Stop(supervise::ClientArgs),
+    /// Print the supervisor state version this binary reads and writes (a
+    /// self-upgrade asks the new binary before switching to it).
+    #[command(hide = true)]
+    SupervisorStateVersion,
 }
 
 fn main() -> ExitCode {
@@ -46,9 +51,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::main(args),
         Command::Run(args) => supervise::run(args),
-        Command::Upgrade(args) => supervise::client(Request::Upgrade, args),
+        Command::Upgrade(args) if args.supervisor => supervise::upgrade_supervisor(args.client),
+        Command::Upgrade(args) => supervise::client(Request::Upgrade, args.client),
         Command::Status(args) => supervise::client(Request::Status, args),
         Command::Stop(args) => supervise::client(Request::Stop, args),
+        Command::SupervisorStateVersion => {
+            println!("{}", handover_supervisor::STATE_VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -74,6 +74,17 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
+/// Arguments of `handover upgrade`.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Upgrade the supervisor itself: re-execute its binary in place (same
+    /// pid, the children and sockets kept), after checking the new binary.
+    #[arg(long)]
+    pub supervisor: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// Where to find a running supervisor or library process.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
@@ -170,6 +181,69 @@ pub fn client(request: Request, args: ClientArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// `handover upgrade --supervisor`: asks for the self-upgrade, and — the
+/// connection ends with the old image — waits until the supervisor answers
+/// again and says how it went.
+pub fn upgrade_supervisor(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let path = args.control_path();
+    let json = args.json;
+    let self_upgrades = |status: &serde_json::Map<String, serde_json::Value>| {
+        status
+            .get("self_upgrades")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = match control::request(&path, Request::Status, Duration::from_secs(10), |_| {}) {
+        Ok(Reply::Status(status)) => self_upgrades(&status).len(),
+        Ok(_) => anyhow::bail!("{} did not answer status", path.display()),
+        Err(error) => anyhow::bail!("cannot reach {}: {error}", path.display()),
+    };
+    let last = control::request(
+        &path,
+        Request::UpgradeSupervisor,
+        Duration::from_secs(60),
+        |reply| print(reply, json),
+    );
+    // Refused, or failed before the switch: the old image answered.
+    if let Ok(Reply::Done { ok, .. }) = &last {
+        return Ok(if *ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    // The old image is gone: wait (bounded) for the new one to answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Reply::Status(status)) =
+            control::request(&path, Request::Status, Duration::from_secs(5), |_| {})
+        {
+            let records = self_upgrades(&status);
+            if records.len() > before {
+                let record = records.last().cloned().unwrap_or_default();
+                let ok = record.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
+                let message = record
+                    .get("message")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                print(&Reply::Done { ok, message }, json);
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    anyhow::bail!(
+        "the supervisor at {} did not answer within 30 s after re-executing",
+        path.display()
+    )
 }
 
 fn print(reply: &Reply, json: bool) {

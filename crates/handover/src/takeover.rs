@@ -298,6 +298,12 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
             return take_over_by(handover, channel, &agreement, listener, pid, path)
         }
         Request::Status => Reply::Status(status(handover)),
+        Request::UpgradeSupervisor => Reply::Done {
+            ok: false,
+            message: "this is a process on the handover library, not a supervisor: \
+                      use `handover upgrade` (without --supervisor)"
+                .into(),
+        },
         Request::Stop => {
             handover.stop();
             Reply::Done {

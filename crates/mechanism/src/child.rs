@@ -143,6 +143,15 @@ fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
 }
 
 impl Child {
+    /// The child `pid` this process started before it re-executed itself (a
+    /// supervisor's self-upgrade keeps its pid, so its children stay its
+    /// children). `None` if `pid` is not a valid pid.
+    pub fn adopt(pid: u32) -> Option<Child> {
+        Some(Child {
+            pid: Pid::from_raw(pid as i32)?,
+        })
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32

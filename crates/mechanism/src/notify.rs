@@ -156,15 +156,23 @@ impl NotifyReceiver {
                 .mode(0o700)
                 .create(&base)?;
         }
-        let dir = base.join(format!(
-            "handover-{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        {
+        // A name left by an earlier image of this process (re-executed, or a
+        // crashed one whose pid was reused) is skipped, not reused.
+        let dir = loop {
+            let dir = base.join(format!(
+                "handover-{}-{}",
+                std::process::id(),
+                SEQUENCE.fetch_add(1, Ordering::Relaxed)
+            ));
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        }
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(error)
+                    if error.kind() == io::ErrorKind::AlreadyExists
+                        && SEQUENCE.load(Ordering::Relaxed) < 1 << 20 => {}
+                Err(error) => return Err(error),
+            }
+        };
         let path = dir.join("notify");
         let socket = UnixDatagram::bind(&path).inspect_err(|_| {
             let _ = std::fs::remove_dir(&dir);

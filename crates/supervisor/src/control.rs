@@ -32,6 +32,8 @@ pub enum Request {
     Status,
     /// Stop the child gracefully, then exit.
     Stop,
+    /// Re-execute the supervisor's own binary in place.
+    UpgradeSupervisor,
 }
 
 /// What the supervisor answers (one or more per request).
@@ -136,6 +138,7 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
         WireRequest::Upgrade => Request::Upgrade,
         WireRequest::Status => Request::Status,
         WireRequest::Stop => Request::Stop,
+        WireRequest::UpgradeSupervisor => Request::UpgradeSupervisor,
         WireRequest::Takeover => {
             channel.refuse(&handover_wire::Error::Unexpected(
                 "this is a supervisor's control socket: it hands its sockets to its own \

@@ -55,6 +55,10 @@ pub enum Error {
     /// A signal handler could not be installed.
     #[error("cannot install a signal handler: {0}")]
     Signal(io::Error),
+    /// A self-upgrade's new image could not take the state over, nor could
+    /// the previous image run again.
+    #[error("cannot go on after a self-upgrade: {0}")]
+    Restore(String),
     /// The first child could not be started.
     #[error("{0}")]
     FirstChild(io::Error),

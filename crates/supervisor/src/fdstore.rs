@@ -24,6 +24,14 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use handover_mechanism::notify::Upstream;
 use handover_mechanism::protocol::env::InheritedFd;
 
+/// [`FdStore::save`]'s record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    enabled: bool,
+    seq: u64,
+    stored: HashMap<String, String>,
+}
+
 /// The sockets handed in at start, by `--listen` name, and what is stored.
 pub struct FdStore {
     upstream: Upstream,
@@ -109,6 +117,27 @@ impl FdStore {
         self.upstream.store(&fdname, fd);
         if let Some(previous) = self.stored.insert(name.to_owned(), fdname) {
             self.upstream.forget(&previous);
+        }
+    }
+
+    /// What a self-upgrade carries over: whether it stores, the next `SEQ`,
+    /// and what is stored under which name.
+    pub fn save(&self) -> Saved {
+        Saved {
+            enabled: self.enabled,
+            seq: self.seq,
+            stored: self.stored.clone(),
+        }
+    }
+
+    /// The store as a previous image of this process left it.
+    pub fn restore(upstream: Upstream, saved: Saved) -> FdStore {
+        FdStore {
+            upstream,
+            enabled: saved.enabled,
+            seq: saved.seq,
+            stored: saved.stored,
+            handed_in: HashMap::new(),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct Generation {
     pub notify: Option<NotifyReceiver>,
     tail: Arc<Mutex<VecDeque<String>>>,
     forwarder: Option<JoinHandle<()>>,
+    /// A copy of the read end of its stderr pipe, handed to the new image in a
+    /// self-upgrade (the forwarder owns the other).
+    pub stderr: Option<OwnedFd>,
 }
 
 impl Generation {
@@ -55,9 +58,11 @@ impl Generation {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let child = child::spawn_with_stderr(&program, sockets, &env, Some(write.as_fd()))?;
         drop(write);
+        let stderr = read.try_clone().ok();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let forwarder = Some(tokio::spawn(forward_stderr(read, Arc::clone(&tail))));
         Ok(Generation {
+            stderr,
             number,
             epoch,
             child,
@@ -71,6 +76,35 @@ impl Generation {
 
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// A ready child started by this process before it re-executed itself,
+    /// `age` ago, with the read end of its stderr pipe.
+    pub fn adopt(
+        number: u64,
+        epoch: u64,
+        pid: u32,
+        age: Duration,
+        stderr: Option<OwnedFd>,
+    ) -> io::Result<Generation> {
+        let child =
+            Child::adopt(pid).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "pid 0"))?;
+        let now = Instant::now();
+        let started = now.checked_sub(age).unwrap_or(now);
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let copy = stderr.as_ref().and_then(|fd| fd.try_clone().ok());
+        let forwarder = stderr.map(|read| tokio::spawn(forward_stderr(read, Arc::clone(&tail))));
+        Ok(Generation {
+            number,
+            epoch,
+            child,
+            started,
+            ready_at: Some(now),
+            notify: None,
+            tail,
+            forwarder,
+            stderr: copy,
+        })
     }
 
     /// The last lines the child wrote to stderr, once it has closed it (waits up

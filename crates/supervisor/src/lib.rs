@@ -39,4 +39,4 @@ mod supervisor;
 
 pub use config::{Config, Listen, ReadyMode};
 pub use error::{Error, NotReady, RecoveryError};
-pub use supervisor::run;
+pub use supervisor::{run, STATE_VERSION};

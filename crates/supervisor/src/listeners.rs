@@ -28,6 +28,22 @@ use crate::steering::Group;
 /// Accept backlog of every listening socket.
 const BACKLOG: i32 = 1024;
 
+/// A socket taken back after a self-upgrade: (name, shared fd, group
+/// members as (epoch, fd), target epoch).
+pub type RestoredSocket = (String, Option<OwnedFd>, Vec<(u64, OwnedFd)>, u64);
+
+/// One `--listen` socket's fds across a self-upgrade.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SavedSocket {
+    pub name: String,
+    /// A shared socket's fd number.
+    pub shared: Option<i32>,
+    /// A steered group's members, (epoch, fd number), in the kernel's order.
+    pub members: Vec<(u64, i32)>,
+    /// The epoch steered to.
+    pub target: u64,
+}
+
 /// All the sockets, in `--listen` order (the children's fds 3, 4, …).
 pub struct Listeners {
     sockets: Vec<Named>,
@@ -231,6 +247,92 @@ impl Listeners {
                 Some((named.name.clone(), fd))
             })
             .collect()
+    }
+
+    /// Every socket with its fd number, for a self-upgrade: the new image
+    /// takes them back with [`Listeners::restore`]. Clears their
+    /// close-on-exec flag.
+    pub fn save(&self) -> io::Result<Vec<SavedSocket>> {
+        use std::os::fd::AsRawFd;
+        let keep = |fd: std::os::fd::BorrowedFd<'_>| -> io::Result<i32> {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(fd.as_raw_fd())
+        };
+        self.sockets
+            .iter()
+            .map(|named| {
+                Ok(match &named.socket {
+                    Socket::Shared(fd) => SavedSocket {
+                        name: named.name.clone(),
+                        shared: Some(keep(fd.as_fd())?),
+                        members: Vec::new(),
+                        target: 0,
+                    },
+                    Socket::Steered(group) => {
+                        let group = lock(group);
+                        let members = group
+                            .members()
+                            .map(|(epoch, fd)| Ok((epoch, keep(fd)?)))
+                            .collect::<io::Result<Vec<_>>>()?;
+                        SavedSocket {
+                            name: named.name.clone(),
+                            shared: None,
+                            members,
+                            target: group.target(),
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The sockets a previous image [`Listeners::save`]d, for `listen`:
+    /// (name, shared fd, or group members as (epoch, fd) in the kernel's
+    /// order, and the epoch steered to).
+    pub fn restore(listen: &[Listen], saved: Vec<RestoredSocket>) -> io::Result<Listeners> {
+        let mut sockets = Vec::new();
+        let mut probe = None;
+        for (name, shared, members, target) in saved {
+            let listen = listen.iter().find(|l| l.name == name).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no --listen {name:?} any more"),
+                )
+            })?;
+            let socket = match shared {
+                Some(fd) => Socket::Shared(fd),
+                None => {
+                    let first = members.first().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "a group without members")
+                    })?;
+                    let address = socket2::SockRef::from(&first.1)
+                        .local_addr()?
+                        .as_socket()
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not inet"))?;
+                    let group = Group::restore(address, BACKLOG, members, target);
+                    Socket::Steered(Arc::new(Mutex::new(group)))
+                }
+            };
+            let address = match &socket {
+                Socket::Steered(group) => lock(group).address().to_string(),
+                Socket::Shared(fd) => socket2::SockRef::from(fd)
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map_or_else(|| listen.address.to_string(), |a| a.to_string()),
+            };
+            let named = Named {
+                name: listen.name.clone(),
+                address,
+                protocol: listen.protocol,
+                socket,
+            };
+            if probe.is_none() {
+                probe = named.probe_target();
+            }
+            sockets.push(named);
+        }
+        Ok(Listeners { sockets, probe })
     }
 
     /// Each name's sockets by inode, for the state file (see

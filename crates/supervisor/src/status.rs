@@ -29,6 +29,9 @@ pub struct Status {
     /// stopping.
     #[serde(default)]
     pub slot: String,
+    /// The last self-upgrades (`handover upgrade --supervisor`), newest last.
+    #[serde(default)]
+    pub self_upgrades: Vec<Record>,
 }
 
 /// One socket.

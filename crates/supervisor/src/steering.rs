@@ -85,6 +85,32 @@ impl Group {
         Ok(group)
     }
 
+    /// The members in the kernel's order, with their epochs (a self-upgrade
+    /// hands them to the new image, which [`Group::restore`]s the mirror).
+    pub fn members(&self) -> impl Iterator<Item = (u64, BorrowedFd<'_>)> + '_ {
+        self.members.iter().map(|m| (m.epoch, m.fd.as_fd()))
+    }
+
+    /// The group as a previous image of this process left it: `members` in
+    /// the kernel's order (nothing changed it meanwhile), `target` steered to.
+    pub fn restore(
+        address: SocketAddr,
+        backlog: i32,
+        members: Vec<(u64, OwnedFd)>,
+        target: u64,
+    ) -> Group {
+        Group {
+            address,
+            backlog,
+            members: members
+                .into_iter()
+                .map(|(epoch, fd)| Member { epoch, fd })
+                .collect(),
+            target,
+            probe: None,
+        }
+    }
+
     /// The address, port 0 resolved.
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -6,7 +6,7 @@
 //!  client                                  server
 //!   │ hello ───────────────────────────────▶ peer check, version
 //!   │ ◀───────────────────────────── welcome
-//!   │ command {"status"|"upgrade"|"stop"|"takeover"} ─▶
+//!   │ command {"status"|"upgrade"|"stop"|"takeover"|"upgrade-supervisor"} ─▶
 //!   │ ◀── progress … ◀── done {ok, message}  (or status {…}, or error)
 //! ```
 
@@ -29,6 +29,9 @@ pub enum Request {
     Stop,
     /// Hand the sockets and the state over to the client (library processes).
     Takeover,
+    /// Re-execute the supervisor's own binary in place (supervisors only):
+    /// same pid, children and sockets kept.
+    UpgradeSupervisor,
 }
 
 impl Request {
@@ -39,6 +42,7 @@ impl Request {
             Request::Upgrade => "upgrade",
             Request::Stop => "stop",
             Request::Takeover => "takeover",
+            Request::UpgradeSupervisor => "upgrade-supervisor",
         }
     }
 
@@ -48,6 +52,7 @@ impl Request {
             Request::Upgrade,
             Request::Stop,
             Request::Takeover,
+            Request::UpgradeSupervisor,
         ]
         .into_iter()
         .find(|r| r.name() == name)

@@ -146,6 +146,15 @@ pub struct Inheritance {
     pub upstream_notify: Option<OsString>,
 }
 
+/// Takes ownership of fd `number`, handed to this process across `execve`
+/// by a previous image of itself (a supervisor's self-upgrade lists its fds
+/// in its state), under the rules of `LISTEN_FDS`: it must be open, not
+/// close-on-exec (so it crossed the exec), and not taken before. It is made
+/// close-on-exec again.
+pub fn adopt_handed_fd(number: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    crate::sys::adopt_inherited_fd(number)
+}
+
 /// Reads the environment through `var` and adopts the listed fds.
 pub fn read_inheritance(
     var: impl Fn(&'static str) -> Option<OsString>,

@@ -42,12 +42,15 @@ use handover_mechanism::protocol::env::read_inheritance;
 
 mod draining;
 mod orphans;
+mod reexec;
 mod slot;
 mod upgrade;
 
 use draining::{Draining, Next, Rescue, Stage};
 use orphans::{Orphan, ORPHAN_POLL};
 use slot::Slot;
+
+pub use reexec::STATE_VERSION;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -90,6 +93,8 @@ enum Event {
     Order(Request, mpsc::UnboundedSender<Reply>),
     /// A new child that was not committed, reported once its stderr is read.
     StartFailed(upgrade::StartFailed),
+    /// The new binary of a self-upgrade was checked.
+    SelfChecked(reexec::Checked),
     Upgrade,
     Stop {
         fast: bool,
@@ -127,32 +132,55 @@ struct Supervisor {
     orphans: Vec<Orphan>,
     /// What the state file says now.
     saved: Option<crate::recovery::State>,
+    /// This supervisor's binary and arguments (for a self-upgrade).
+    image: reexec::Image,
+    /// A copy of the control socket, handed to the new image.
+    control_fd: std::os::fd::OwnedFd,
+    /// The last self-upgrades, newest last.
+    self_upgrades: VecDeque<Record>,
+    self_checks: mpsc::UnboundedSender<reexec::Checked>,
+}
+
+/// What the event loop starts from: fresh, or carried across a self-upgrade.
+struct Start {
+    listeners: Listeners,
+    fdstore: FdStore,
+    control: handover_wire::channel::Listener,
+    orphans: Vec<Orphan>,
+    restored: Option<reexec::Carried>,
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, Error> {
-    // A predecessor that crashed may have left children that still hold the
-    // sockets: they are taken back from them (or we refuse, saying why).
-    let recovered = crate::recovery::recover(&crate::recovery::state_path(&config.control))?;
-    // Sockets handed in by the service manager's fd store (a restart after a
-    // crash): taken instead of binding.
-    let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)?;
-    let upstream = handover_mechanism::notify::Upstream::from_env();
-    let fdstore_max = std::env::var("FDSTORE").ok().and_then(|v| v.parse().ok());
-    let mut handed_in = inheritance.sockets;
-    handed_in.extend(recovered.sockets);
-    let mut fdstore = FdStore::new(upstream.clone(), fdstore_max, handed_in);
-    let listeners = Listeners::bind(&config.listen, 1, &mut fdstore)?;
-    fdstore.close_unclaimed();
+    let image = reexec::Image::current();
+    let start = match reexec::take_saved() {
+        Some((text, rollback)) => {
+            let restored =
+                reexec::restore_or_fall_back(&config, &text, rollback).map_err(Error::Restore)?;
+            Start {
+                listeners: restored.listeners,
+                fdstore: restored.fdstore,
+                control: restored.control,
+                orphans: Vec::new(),
+                restored: Some(restored.carried),
+            }
+        }
+        None => fresh(&config)?,
+    };
+    let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
+    let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
+    let (start_failures, mut failures) = mpsc::unbounded_channel();
+    let (self_checks, mut checks) = mpsc::unbounded_channel();
     let control_error = |source| Error::Control {
         path: config.control.clone(),
         source,
     };
-    let listener = control::bind(&config.control).map_err(control_error)?;
-    let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
-    let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
-    let (start_failures, mut failures) = mpsc::unbounded_channel();
-    control::serve(listener, orders_tx).map_err(control_error)?;
+    let control_fd = start
+        .control
+        .socket()
+        .try_clone_to_owned()
+        .map_err(control_error)?;
+    control::serve(start.control, orders_tx).map_err(control_error)?;
     if let Some(path) = &config.pid_file {
         handover_mechanism::pidfile::write(path, std::process::id()).map_err(|source| {
             Error::PidFile {
@@ -162,10 +190,10 @@ pub async fn run(config: Config) -> Result<i32, Error> {
         })?;
     }
     let mut supervisor = Supervisor {
-        upstream,
-        fdstore,
+        upstream: handover_mechanism::notify::Upstream::from_env(),
+        fdstore: start.fdstore,
         config,
-        listeners,
+        listeners: start.listeners,
         current: None,
         starting: None,
         draining: Vec::new(),
@@ -182,30 +210,80 @@ pub async fn run(config: Config) -> Result<i32, Error> {
         stop_clients: Vec::new(),
         start_failures,
         failures_pending: 0,
-        orphans: recovered
-            .orphans
-            .into_iter()
-            .map(|process| Orphan {
-                process,
-                deadline: None,
-            })
-            .collect(),
+        orphans: start.orphans,
         saved: None,
+        image,
+        control_fd,
+        self_upgrades: VecDeque::new(),
+        self_checks,
     };
+    let resumed = start.restored.is_some();
+    if let Some(restored) = start.restored {
+        supervisor.current = Some(restored.current);
+        supervisor.next_number = restored.next_number;
+        supervisor.upgrades = restored.upgrades;
+        supervisor.crashes = restored.crashes;
+        supervisor.self_upgrades = restored.self_upgrades;
+    }
     supervisor.store_sockets();
     let result = supervisor
-        .event_loop(&mut orders, &mut rescued, &mut failures)
+        .event_loop(
+            resumed,
+            &mut orders,
+            &mut rescued,
+            &mut failures,
+            &mut checks,
+        )
         .await;
     supervisor.cleanup();
     result
 }
 
+/// A fresh start: sockets from a crashed predecessor's orphans, from the
+/// service manager's fd store, or bound now.
+fn fresh(config: &Config) -> Result<Start, Error> {
+    // A predecessor that crashed may have left children that still hold the
+    // sockets: they are taken back from them (or we refuse, saying why).
+    let recovered = crate::recovery::recover(&crate::recovery::state_path(&config.control))?;
+    // Sockets handed in by the service manager's fd store (a restart after a
+    // crash): taken instead of binding.
+    let inheritance = read_inheritance(std::env::var_os, std::process::id(), None)?;
+    let upstream = handover_mechanism::notify::Upstream::from_env();
+    let fdstore_max = std::env::var("FDSTORE").ok().and_then(|v| v.parse().ok());
+    let mut handed_in = inheritance.sockets;
+    handed_in.extend(recovered.sockets);
+    let mut fdstore = FdStore::new(upstream, fdstore_max, handed_in);
+    let listeners = Listeners::bind(&config.listen, 1, &mut fdstore)?;
+    fdstore.close_unclaimed();
+    let control = control::bind(&config.control).map_err(|source| Error::Control {
+        path: config.control.clone(),
+        source,
+    })?;
+    let orphans = recovered
+        .orphans
+        .into_iter()
+        .map(|process| Orphan {
+            process,
+            deadline: None,
+        })
+        .collect();
+    Ok(Start {
+        listeners,
+        fdstore,
+        control,
+        orphans,
+        restored: None,
+    })
+}
+
 impl Supervisor {
     async fn event_loop(
         &mut self,
+        resumed: bool,
         orders: &mut mpsc::Receiver<Order>,
         rescued: &mut mpsc::UnboundedReceiver<rescue::Report>,
         failures: &mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
+        checks: &mut mpsc::UnboundedReceiver<reexec::Checked>,
     ) -> Result<i32, Error> {
         let mut hup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(Error::Signal)?;
@@ -213,7 +291,14 @@ impl Supervisor {
         let mut quit = signal(SignalKind::quit()).map_err(Error::Signal)?;
         let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
         let mut chld = signal(SignalKind::child()).map_err(Error::Signal)?;
-        self.start(Purpose::First).map_err(Error::FirstChild)?;
+        if resumed {
+            // Re-executed: the child serves on. A child that exited during
+            // the exec sent its SIGCHLD to nobody: look now.
+            self.reap();
+            self.notify_upstream(&[NotifyState::Ready]);
+        } else {
+            self.start(Purpose::First).map_err(Error::FirstChild)?;
+        }
         tracing::info!(command = ?self.config.command, ready = %self.config.ready, "supervising");
         loop {
             self.save_state();
@@ -254,6 +339,7 @@ impl Supervisor {
                 verdict = ready_verdict(&mut self.starting) => Event::Ready(verdict),
                 Some(report) = rescued.recv() => Event::Rescued(report),
                 Some(failed) = failures.recv() => Event::StartFailed(failed),
+                Some(checked) = checks.recv() => Event::SelfChecked(checked),
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
             self.handle(event);
@@ -282,6 +368,10 @@ impl Supervisor {
             }
             Event::Rescued(report) => self.rescued(report),
             Event::StartFailed(failed) => self.start_failed(failed),
+            Event::SelfChecked(checked) => self.self_checked(checked),
+            Event::Order(Request::UpgradeSupervisor, client) => {
+                self.upgrade_supervisor(Some(client))
+            }
             Event::Tick => self.tick(),
         }
     }
@@ -579,6 +669,7 @@ impl Supervisor {
             crashes: self.crashes.iter().cloned().collect(),
             stopping: self.stopping,
             slot: self.slot().name().to_owned(),
+            self_upgrades: self.self_upgrades.iter().cloned().collect(),
         }
     }
 

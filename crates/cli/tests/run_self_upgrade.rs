@@ -1,0 +1,176 @@
+//! `handover upgrade --supervisor`: the supervisor re-executes its own binary
+//! in place under load — same pid, the child untouched, nobody refused — ten
+//! times in a row; a broken new binary is refused before the switch and the
+//! supervisor runs on.
+
+mod run_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use run_support::fresh::FreshLoad;
+use run_support::*;
+
+/// Puts a binary at a staging path.
+type Install = dyn Fn(&Path);
+
+/// `handover run` from a copy of the binary that the test can replace.
+struct Running {
+    scratch: Scratch,
+    exe: PathBuf,
+    pid_file: PathBuf,
+    process: Child,
+}
+
+impl Running {
+    fn start() -> Running {
+        let scratch = Scratch::new("self-upgrade");
+        let exe = scratch.path("handover");
+        copy_executable(Path::new(HANDOVER), &exe);
+        let pid_file = scratch.path("handover.pid");
+        let process = Command::new(&exe)
+            .args(["run", "--listen", "web=127.0.0.1:0", "--pid-file"])
+            .arg(&pid_file)
+            .args(["--ready", "notify", "--", "python3"])
+            .arg(fixture("notify_server.py"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("handover.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let running = Running {
+            scratch,
+            exe,
+            pid_file,
+            process,
+        };
+        wait_until("the first child", Duration::from_secs(30), || {
+            running.status().filter(|s| s["current"].is_object())
+        });
+        running
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new(HANDOVER)
+            .args(args)
+            .arg("--pid-file")
+            .arg(&self.pid_file)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let output = self.client(&["status", "--json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).ok())
+            .flatten()
+    }
+
+    fn current(&self) -> u32 {
+        self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32
+    }
+
+    /// Puts `install` at the binary's path the way a deployment does.
+    fn install(&self, install: impl FnOnce(&Path)) {
+        let staging = self.scratch.path("handover.new");
+        install(&staging);
+        std::fs::rename(&staging, &self.exe).unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path("handover.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let children = descendants(self.process.id());
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        for pid in children {
+            signal(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn the_supervisor_upgrades_itself_ten_times_under_load_and_refuses_broken_binaries() {
+    let running = Running::start();
+    let supervisor = running.process.id();
+    let child = running.current();
+    let addr = running.status().unwrap()["sockets"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let began = Instant::now();
+    let load = FreshLoad::start(addr, 3);
+    load.wait_for_answers_after(began, 30);
+
+    let mut took = Vec::new();
+    for round in 0..10 {
+        running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+        let started = Instant::now();
+        let output = running.client(&["upgrade", "--supervisor"]);
+        took.push(started.elapsed());
+        let said = text(&output);
+        assert!(
+            output.status.success(),
+            "round {round}: {said}\n{}",
+            running.log()
+        );
+        assert!(said.contains("re-executed"), "{said}");
+        let status = running.status().unwrap();
+        assert_eq!(status["supervisor_pid"], supervisor, "the same pid");
+        assert_eq!(status["current"]["pid"], child, "the child is not replaced");
+        assert_eq!(status["self_upgrades"].as_array().unwrap().len(), round + 1);
+    }
+    took.sort();
+    eprintln!(
+        "self-upgrade, command to the new image answering: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+
+    // Broken new binaries: refused before the switch, the old image runs on.
+    let broken: [(&str, &Install); 3] = [
+        ("not executable", &|staging: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            copy_executable(Path::new(HANDOVER), staging);
+            std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }),
+        ("another program", &|staging: &Path| {
+            write_executable(staging, "#!/bin/sh\necho 'some other program'\n")
+        }),
+        ("exits at once", &|staging: &Path| {
+            write_executable(staging, "#!/bin/sh\nexit 3\n")
+        }),
+    ];
+    for (what, install) in broken {
+        running.install(install);
+        let output = running.client(&["upgrade", "--supervisor"]);
+        let said = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{what}: {said}");
+        assert!(said.contains("refused before the switch"), "{what}: {said}");
+        let status = running.status().unwrap();
+        assert_eq!(status["supervisor_pid"], supervisor, "{what}");
+        assert_eq!(status["current"]["pid"], child, "{what}");
+    }
+
+    // The supervisor still upgrades its child as before.
+    running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+    let output = running.client(&["upgrade"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(running.current(), child, "replaced when asked");
+
+    let answers = load.stop();
+    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(answers.len() > 100);
+    let output = running.client(&["stop"]);
+    assert!(output.status.success(), "{}", text(&output));
+}
