@@ -162,10 +162,17 @@ fn run(inner: &Inner) -> Result<Child> {
         if let Some(channel) = &theirs {
             fds.push((MIGRATE_FD_NAME, channel.socket()));
         }
-        child::spawn(&inner.program, &fds, &link).map_err(|source| Error::Spawn {
+        let spawn_error = |source| Error::Spawn {
             program: inner.program.path.clone(),
             source,
-        })?
+        };
+        // The file as it is now is what runs, even if the path changes before
+        // the exec (a script runs by path: see `child::pinned`).
+        let pinned = child::pinned(&inner.program, fds.len()).map_err(spawn_error)?;
+        let program = pinned
+            .as_ref()
+            .map_or(&inner.program, |(_, program)| program);
+        child::spawn(program, &fds, &link).map_err(spawn_error)?
     };
     drop((state_fd, theirs));
     let pid = successor.pid();

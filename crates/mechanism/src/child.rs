@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::protocol::*;
+use std::os::fd::OwnedFd;
 
 /// What to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,31 @@ impl fmt::Display for ExitStatus {
             ExitStatus::Signal(signal) => write!(f, "was killed by signal {signal}"),
         }
     }
+}
+
+/// `program` pinned: its file opened now, and a copy of `program` that runs
+/// that very file (`/proc/self/fd/N`), whatever is at the path by the time
+/// the child execs — a binary swapped in meanwhile cannot start (sozu #515).
+/// Keep the returned fd open until the child has started. The fd is placed
+/// above the `sockets` fds the child gets at 3, 4, …, so moving those cannot
+/// overwrite it.
+///
+/// `Ok(None)` for a script (`#!`): its interpreter opens it by name after the
+/// exec, when the pinned fd is already closed, so a script runs by path.
+pub fn pinned(program: &Program, sockets: usize) -> io::Result<Option<(OwnedFd, Program)>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(&program.path)?;
+    let mut magic = [0u8; 2];
+    if file.read_at(&mut magic, 0).unwrap_or(0) == 2 && &magic == b"#!" {
+        return Ok(None);
+    }
+    let fd = rustix::io::fcntl_dupfd_cloexec(&file, 3 + sockets as i32 + 1)?;
+    let mut pinned = program.clone();
+    pinned.path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    Ok(Some((fd, pinned)))
 }
 
 /// A started child, until it is reaped. Dropping it neither kills nor reaps it.
@@ -188,5 +214,37 @@ impl Child {
             Ok(_) => tracing::debug!(pid = self.pid(), "child reaped"),
             Err(error) => tracing::warn!(%error, pid = self.pid(), "cannot reap child"),
         }
+    }
+}
+
+#[cfg(test)]
+mod pinning_tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_program_runs_the_file_it_opened_even_after_the_path_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("handover-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server");
+        std::fs::copy("/bin/true", &path).unwrap();
+        let (fd, program) = pinned(&Program::new(&path), 0)
+            .unwrap()
+            .expect("an ELF binary");
+        // A deployment renames another binary into place after the check.
+        let staging = dir.join("server.new");
+        std::fs::copy("/bin/false", &staging).unwrap();
+        std::fs::rename(&staging, &path).unwrap();
+        let pinned_run = std::process::Command::new(&program.path).status().unwrap();
+        assert!(pinned_run.success(), "the file that was opened runs: true");
+        let by_path = std::process::Command::new(&path).status().unwrap();
+        assert!(!by_path.success(), "by path it would be the new one: false");
+        drop(fd);
+        let script = dir.join("script");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        assert!(
+            pinned(&Program::new(&script), 0).unwrap().is_none(),
+            "scripts run by path"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
