@@ -13,10 +13,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use handover_mechanism::sockets::{Address, SocketKind};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Listen;
 use crate::error::Error;
@@ -60,7 +60,7 @@ struct Named {
 
 enum Socket {
     Shared(OwnedFd),
-    Steered(Arc<Mutex<Group>>),
+    Steered(Group),
 }
 
 impl Listeners {
@@ -106,7 +106,7 @@ impl Listeners {
             .map(|named| {
                 let fd = match &named.socket {
                     Socket::Shared(fd) => fd.try_clone()?,
-                    Socket::Steered(group) => lock(group)
+                    Socket::Steered(group) => group
                         .fd(epoch)
                         .ok_or_else(|| io::Error::other(format!("no socket for epoch {epoch}")))?
                         .try_clone_to_owned()?,
@@ -120,24 +120,30 @@ impl Listeners {
     pub fn target(&self, fallback: u64) -> u64 {
         self.groups()
             .next()
-            .map_or(fallback, |group| lock(group).target())
+            .map_or(fallback, |group| group.target())
     }
 
     /// Adds a socket for `epoch` to every group; it gets no connection yet.
-    pub fn open_epoch(&self, epoch: u64) -> io::Result<()> {
-        for group in self.groups() {
-            if let Err(error) = lock(group).add(epoch) {
-                self.release(epoch);
-                return Err(error);
+    pub fn open_epoch(&mut self, epoch: u64) -> io::Result<()> {
+        let mut failed = None;
+        for group in self.groups_mut() {
+            if let Err(error) = group.add(epoch) {
+                failed = Some(error);
+                break;
             }
         }
-        Ok(())
+        match failed {
+            Some(error) => {
+                self.release(epoch);
+                Err(error)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Sends every new connection to `epoch`'s sockets.
-    pub fn steer_to(&self, epoch: u64) {
-        for group in self.groups() {
-            let mut group = lock(group);
+    pub fn steer_to(&mut self, epoch: u64) {
+        for group in self.groups_mut() {
             if let Err(error) = group.steer_to(epoch) {
                 tracing::error!(%error, address = %group.address(), "cannot steer connections");
             }
@@ -146,15 +152,14 @@ impl Listeners {
 
     /// Connections waiting in the accept queues of `epoch`'s sockets.
     pub fn queued(&self, epoch: u64) -> u32 {
-        self.groups().map(|group| lock(group).queued(epoch)).sum()
+        self.groups().map(|group| group.queued(epoch)).sum()
     }
 
     /// Closes `epoch`'s sockets (never the target's). Connections still queued
     /// there are lost unless the kernel migrates them (`tcp_migrate_req`), so
     /// they are counted in the log.
-    pub fn release(&self, epoch: u64) {
-        for group in self.groups() {
-            let mut group = lock(group);
+    pub fn release(&mut self, epoch: u64) {
+        for group in self.groups_mut() {
             if group.target() == epoch {
                 continue; // clients wait there for the next child
             }
@@ -185,7 +190,6 @@ impl Listeners {
             let Socket::Steered(group) = &named.socket else {
                 continue;
             };
-            let group = lock(group);
             let (Some(fd), Some(target)) = (
                 group.fd(epoch),
                 targets.iter().find(|t| t.name == named.name),
@@ -212,7 +216,7 @@ impl Listeners {
     pub fn epochs(&self) -> Vec<u64> {
         let mut epochs: Vec<u64> = self
             .groups()
-            .flat_map(|group| lock(group).epochs().collect::<Vec<_>>())
+            .flat_map(|group| group.epochs().collect::<Vec<_>>())
             .collect();
         epochs.sort_unstable();
         epochs.dedup();
@@ -240,7 +244,6 @@ impl Listeners {
                 let fd = match &named.socket {
                     Socket::Shared(fd) => fd.try_clone().ok()?,
                     Socket::Steered(group) => {
-                        let group = lock(group);
                         group.fd(group.target())?.try_clone_to_owned().ok()?
                     }
                 };
@@ -269,7 +272,6 @@ impl Listeners {
                         target: 0,
                     },
                     Socket::Steered(group) => {
-                        let group = lock(group);
                         let members = group
                             .members()
                             .map(|(epoch, fd)| Ok((epoch, keep(fd)?)))
@@ -310,11 +312,11 @@ impl Listeners {
                         .as_socket()
                         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not inet"))?;
                     let group = Group::restore(address, BACKLOG, members, target);
-                    Socket::Steered(Arc::new(Mutex::new(group)))
+                    Socket::Steered(group)
                 }
             };
             let address = match &socket {
-                Socket::Steered(group) => lock(group).address().to_string(),
+                Socket::Steered(group) => group.address().to_string(),
                 Socket::Shared(fd) => socket2::SockRef::from(fd)
                     .local_addr()
                     .ok()
@@ -345,7 +347,6 @@ impl Listeners {
                 let (current, others) = match &named.socket {
                     Socket::Shared(fd) => (inode_of(fd.as_fd()), Vec::new()),
                     Socket::Steered(group) => {
-                        let group = lock(group);
                         let target = group.target();
                         let current = group.fd(target).and_then(inode_of);
                         let others = group
@@ -371,7 +372,7 @@ impl Listeners {
             .iter()
             .filter_map(|named| {
                 let bound = match &named.socket {
-                    Socket::Steered(group) => lock(group).address(),
+                    Socket::Steered(group) => group.address(),
                     Socket::Shared(fd) => {
                         let sock = socket2::SockRef::from(fd);
                         if sock.r#type().ok()? != socket2::Type::STREAM {
@@ -390,11 +391,35 @@ impl Listeners {
             .collect()
     }
 
-    fn groups(&self) -> impl Iterator<Item = &Arc<Mutex<Group>>> {
+    fn groups(&self) -> impl Iterator<Item = &Group> {
         self.sockets.iter().filter_map(|named| match &named.socket {
             Socket::Steered(group) => Some(group),
             Socket::Shared(_) => None,
         })
+    }
+
+    fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.sockets
+            .iter_mut()
+            .filter_map(|named| match &mut named.socket {
+                Socket::Steered(group) => Some(group),
+                Socket::Shared(_) => None,
+            })
+    }
+
+    /// Sends connections from exactly `source` to `epoch`'s socket of the
+    /// probed group (`None`: ends that route). Asked by a readiness probe,
+    /// carried out by the event loop, which alone changes the groups.
+    pub fn route_probe(&mut self, source: Option<SocketAddr>, epoch: u64) -> io::Result<()> {
+        let probed = self.probe.as_ref().map(|p| p.address);
+        for named in &mut self.sockets {
+            if let Socket::Steered(group) = &mut named.socket {
+                if Some(loopback_if_wildcard(group.address())) == probed {
+                    return group.route_probe(source, epoch);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -425,7 +450,7 @@ fn adopt_one(listen: &Listen, fd: OwnedFd, epoch: u64) -> Result<Option<Named>, 
             problem: format!("cannot be duplicated: {e}"),
         })?;
         match Group::adopt(copy, BACKLOG, epoch) {
-            Ok(group) => return Ok(Some(named(Socket::Steered(Arc::new(Mutex::new(group)))))),
+            Ok(group) => return Ok(Some(named(Socket::Steered(group)))),
             Err(error) => tracing::warn!(%error, name = listen.name,
                 "cannot steer the socket handed in; sharing it"),
         }
@@ -444,7 +469,7 @@ fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {
         match Group::bind(*address, BACKLOG, epoch) {
             Ok(group) => {
                 let bound = group.address().to_string();
-                return Ok(named(bound, Socket::Steered(Arc::new(Mutex::new(group)))));
+                return Ok(named(bound, Socket::Steered(group)));
             }
             Err(error) if error.kind() == io::ErrorKind::AddrInUse => return Err(error),
             Err(error) => tracing::warn!(
@@ -466,68 +491,90 @@ fn bind_one(listen: &Listen, epoch: u64) -> io::Result<Named> {
 
 impl Named {
     fn probe_target(&self) -> Option<ProbeTarget> {
-        let (address, group) = match &self.socket {
-            Socket::Steered(group) => (lock(group).address(), Some(Arc::clone(group))),
+        let (address, steered) = match &self.socket {
+            Socket::Steered(group) => (group.address(), true),
             Socket::Shared(fd) => {
                 let sock = socket2::SockRef::from(fd);
                 if sock.r#type().ok()? != socket2::Type::STREAM {
                     return None;
                 }
-                (sock.local_addr().ok()?.as_socket()?, None)
+                (sock.local_addr().ok()?.as_socket()?, false)
             }
         };
         Some(ProbeTarget {
             address: loopback_if_wildcard(address),
-            group,
+            steered,
         })
     }
 }
 
-/// Where the http and tcp readiness probes connect, and how their connection is
-/// routed to the new child's own socket.
+/// Where the http and tcp readiness probes connect, and whether their
+/// connection must be routed to the new child's own socket.
 #[derive(Clone)]
 pub struct ProbeTarget {
     /// The address probed.
     pub address: SocketAddr,
-    group: Option<Arc<Mutex<Group>>>,
+    steered: bool,
+}
+
+/// A readiness probe's request to the event loop: route connections from
+/// `source` to `epoch`'s socket (`None`: end the route), then say so.
+pub struct RouteRequest {
+    pub source: Option<SocketAddr>,
+    pub epoch: u64,
+    pub done: Option<oneshot::Sender<io::Result<()>>>,
 }
 
 /// Routes one probe's connection; the route ends when this is dropped.
 pub struct ProbeRoute {
-    group: Arc<Mutex<Group>>,
+    routes: mpsc::UnboundedSender<RouteRequest>,
     epoch: u64,
 }
 
 impl Drop for ProbeRoute {
     fn drop(&mut self) {
-        if let Err(error) = lock(&self.group).route_probe(None, self.epoch) {
-            tracing::warn!(%error, "cannot end a probe route");
-        }
+        let _ = self.routes.send(RouteRequest {
+            source: None,
+            epoch: self.epoch,
+            done: None,
+        });
     }
 }
 
 impl ProbeTarget {
     /// Connects to the probed address so that the connection reaches the socket
-    /// of `epoch` (with a shared socket: whichever child accepts first).
-    pub async fn connect(&self, epoch: u64) -> io::Result<(TcpStream, Option<ProbeRoute>)> {
+    /// of `epoch` (with a shared socket: whichever child accepts first); the
+    /// route is set by the event loop, through `routes`.
+    pub async fn connect(
+        &self,
+        epoch: u64,
+        routes: &mpsc::UnboundedSender<RouteRequest>,
+    ) -> io::Result<(TcpStream, Option<ProbeRoute>)> {
         let socket = if self.address.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        let route = match &self.group {
-            Some(group) => {
-                // A port of our own, on the probed (local) address: no other
-                // connection can come from this source while we hold it.
-                socket.bind(SocketAddr::new(self.address.ip(), 0))?;
-                let source = socket.local_addr()?;
-                lock(group).route_probe(Some(source), epoch)?;
-                Some(ProbeRoute {
-                    group: Arc::clone(group),
-                    epoch,
-                })
-            }
-            None => None,
+        let route = if self.steered {
+            // A port of our own, on the probed (local) address: no other
+            // connection can come from this source while we hold it.
+            socket.bind(SocketAddr::new(self.address.ip(), 0))?;
+            let source = socket.local_addr()?;
+            let (done, routed) = oneshot::channel();
+            let request = RouteRequest {
+                source: Some(source),
+                epoch,
+                done: Some(done),
+            };
+            let gone = || io::Error::other("the supervisor is not routing probes");
+            routes.send(request).map_err(|_| gone())?;
+            routed.await.map_err(|_| gone())??;
+            Some(ProbeRoute {
+                routes: routes.clone(),
+                epoch,
+            })
+        } else {
+            None
         };
         Ok((socket.connect(self.address).await?, route))
     }
@@ -545,10 +592,4 @@ fn loopback_if_wildcard(bound: SocketAddr) -> SocketAddr {
         }
         _ => bound,
     }
-}
-
-/// The groups' state stays consistent under every operation, so a panic
-/// elsewhere while holding the lock does not make it unusable.
-fn lock(group: &Mutex<Group>) -> MutexGuard<'_, Group> {
-    group.lock().unwrap_or_else(|e| e.into_inner())
 }

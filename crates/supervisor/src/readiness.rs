@@ -10,7 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ReadyMode;
 use crate::error::NotReady;
-use crate::listeners::ProbeTarget;
+use crate::listeners::{ProbeTarget, RouteRequest};
+
+/// Where a probe asks the event loop to route its connection.
+pub type RouteSender = tokio::sync::mpsc::UnboundedSender<RouteRequest>;
 use crate::ownership;
 
 /// How often a probe is retried.
@@ -18,13 +21,15 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Waits until the child `pid`, which holds the sockets of `epoch`, is ready.
 /// `notify` is its private notify socket (for `notify` mode); `probe` is where
-/// to probe (http and tcp modes).
+/// to probe (http and tcp modes), and `routes` where its connection's route to
+/// the new child's socket is asked for (the event loop sets it).
 pub async fn wait(
     mode: &ReadyMode,
     pid: u32,
     epoch: u64,
     notify: Option<&std::os::unix::net::UnixDatagram>,
     probe: Option<ProbeTarget>,
+    routes: RouteSender,
 ) -> Result<(), NotReady> {
     match mode {
         ReadyMode::Notify => {
@@ -38,7 +43,7 @@ pub async fn wait(
         ReadyMode::Http(_) | ReadyMode::Tcp => {
             let target = probe.ok_or(NotReady::NothingToProbe)?;
             loop {
-                match probe_once(mode, &target, pid, epoch).await {
+                match probe_once(mode, &target, &routes, pid, epoch).await {
                     Probe::Ready => return Ok(()),
                     // The old child took the connection: try again at once,
                     // the next one may well reach the new child.
@@ -79,9 +84,15 @@ async fn wait_notify(socket: &std::os::unix::net::UnixDatagram) -> Result<(), No
 /// comes *before* the request is sent: then the accepting process still holds
 /// the connection (it is waiting for the request), even if it closes every
 /// connection after one response.
-async fn probe_once(mode: &ReadyMode, target: &ProbeTarget, pid: u32, epoch: u64) -> Probe {
+async fn probe_once(
+    mode: &ReadyMode,
+    target: &ProbeTarget,
+    routes: &RouteSender,
+    pid: u32,
+    epoch: u64,
+) -> Probe {
     let attempt = async {
-        let Ok((mut stream, _route)) = target.connect(epoch).await else {
+        let Ok((mut stream, _route)) = target.connect(epoch, routes).await else {
             return Probe::NotYet;
         };
         let target = target.address;

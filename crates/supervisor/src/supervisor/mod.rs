@@ -35,7 +35,7 @@ use crate::control::{self, Order, Reply, Request};
 use crate::error::{Error, NotReady};
 use crate::fdstore::FdStore;
 use crate::generation::Generation;
-use crate::listeners::Listeners;
+use crate::listeners::{Listeners, RouteRequest};
 use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
 use handover_mechanism::protocol::env::read_inheritance;
@@ -95,6 +95,8 @@ enum Event {
     StartFailed(upgrade::StartFailed),
     /// The new binary of a self-upgrade was checked.
     SelfChecked(reexec::Checked),
+    /// A readiness probe asks for (or ends) its connection's route.
+    Route(RouteRequest),
     Upgrade,
     Stop {
         fast: bool,
@@ -139,6 +141,18 @@ struct Supervisor {
     /// The last self-upgrades, newest last.
     self_upgrades: VecDeque<Record>,
     self_checks: mpsc::UnboundedSender<reexec::Checked>,
+    /// Where readiness probes ask for their connection's route.
+    probe_routes: mpsc::UnboundedSender<RouteRequest>,
+}
+
+/// Everything the event loop hears from besides signals: the control clients
+/// and the tasks it started.
+struct Inbox<'a> {
+    orders: &'a mut mpsc::Receiver<Order>,
+    rescued: &'a mut mpsc::UnboundedReceiver<rescue::Report>,
+    failures: &'a mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
+    checks: &'a mut mpsc::UnboundedReceiver<reexec::Checked>,
+    routes: &'a mut mpsc::UnboundedReceiver<RouteRequest>,
 }
 
 /// What the event loop starts from: fresh, or carried across a self-upgrade.
@@ -171,6 +185,7 @@ pub async fn run(config: Config) -> Result<i32, Error> {
     let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
     let (start_failures, mut failures) = mpsc::unbounded_channel();
     let (self_checks, mut checks) = mpsc::unbounded_channel();
+    let (probe_routes, mut routes) = mpsc::unbounded_channel();
     let control_error = |source| Error::Control {
         path: config.control.clone(),
         source,
@@ -216,6 +231,7 @@ pub async fn run(config: Config) -> Result<i32, Error> {
         control_fd,
         self_upgrades: VecDeque::new(),
         self_checks,
+        probe_routes,
     };
     let resumed = start.restored.is_some();
     if let Some(restored) = start.restored {
@@ -229,10 +245,13 @@ pub async fn run(config: Config) -> Result<i32, Error> {
     let result = supervisor
         .event_loop(
             resumed,
-            &mut orders,
-            &mut rescued,
-            &mut failures,
-            &mut checks,
+            Inbox {
+                orders: &mut orders,
+                rescued: &mut rescued,
+                failures: &mut failures,
+                checks: &mut checks,
+                routes: &mut routes,
+            },
         )
         .await;
     supervisor.cleanup();
@@ -277,14 +296,14 @@ fn fresh(config: &Config) -> Result<Start, Error> {
 }
 
 impl Supervisor {
-    async fn event_loop(
-        &mut self,
-        resumed: bool,
-        orders: &mut mpsc::Receiver<Order>,
-        rescued: &mut mpsc::UnboundedReceiver<rescue::Report>,
-        failures: &mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
-        checks: &mut mpsc::UnboundedReceiver<reexec::Checked>,
-    ) -> Result<i32, Error> {
+    async fn event_loop(&mut self, resumed: bool, inbox: Inbox<'_>) -> Result<i32, Error> {
+        let Inbox {
+            orders,
+            rescued,
+            failures,
+            checks,
+            routes,
+        } = inbox;
         let mut hup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(Error::Signal)?;
         let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
@@ -340,6 +359,7 @@ impl Supervisor {
                 Some(report) = rescued.recv() => Event::Rescued(report),
                 Some(failed) = failures.recv() => Event::StartFailed(failed),
                 Some(checked) = checks.recv() => Event::SelfChecked(checked),
+                Some(route) = routes.recv() => Event::Route(route),
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
             self.handle(event);
@@ -369,6 +389,19 @@ impl Supervisor {
             Event::Rescued(report) => self.rescued(report),
             Event::StartFailed(failed) => self.start_failed(failed),
             Event::SelfChecked(checked) => self.self_checked(checked),
+            Event::Route(route) => {
+                let routed = self.listeners.route_probe(route.source, route.epoch);
+                match route.done {
+                    Some(done) => {
+                        let _ = done.send(routed);
+                    }
+                    None => {
+                        if let Err(error) = routed {
+                            tracing::warn!(%error, "cannot end a probe route");
+                        }
+                    }
+                }
+            }
             Event::Order(Request::UpgradeSupervisor, client) => {
                 self.upgrade_supervisor(Some(client))
             }

@@ -63,8 +63,9 @@ impl Supervisor {
             .as_ref()
             .and_then(|n| n.socket().try_clone().ok());
         let (mode, probe) = (self.config.ready.clone(), self.listeners.probe());
+        let routes = self.probe_routes.clone();
         let ready = tokio::spawn(async move {
-            readiness::wait(&mode, pid, epoch, socket.as_ref(), probe).await
+            readiness::wait(&mode, pid, epoch, socket.as_ref(), probe, routes).await
         });
         tracing::info!(pid, generation = number, "child started");
         self.starting = Some(Starting {
@@ -370,7 +371,7 @@ impl Supervisor {
 
     /// Closes the sockets of epochs no child holds any more (the old child's,
     /// once it is gone; a failed upgrade's).
-    pub(super) fn release_unused_epochs(&self) {
+    pub(super) fn release_unused_epochs(&mut self) {
         let live: Vec<u64> = self
             .current
             .iter()
