@@ -7,6 +7,7 @@
 //! | `latency` | p99 latency in upgrade windows vs steady state, and throughput, on `hello` |
 //! | `takeover` | the wire protocol's takeover: 1000 / 10 000 sockets, 64 MiB of state |
 //! | `rescue` | `handover run`'s keep-alive rescue: added latency, supervisor CPU / RSS, time in the data path |
+//! | `supervisor-footprint` | `handover run`'s fds, RSS and children over 1000 upgrades under keep-alive load |
 //! | `all` | the first three with their defaults, as one Markdown section |
 //!
 //! `handoff` and `ready-to-stop` run a *chain* of server generations of this
@@ -24,6 +25,13 @@
 //! cargo build --release -p handover-cli -p handover-bench && target/release/handover-bench rescue
 //! ```
 //!
+//! `supervisor-footprint` drives `handover run` too, with the Python notify
+//! server of the same fixtures (see [`footprint`]):
+//!
+//! ```text
+//! cargo build --release -p handover-cli -p handover-bench && target/release/handover-bench supervisor-footprint
+//! ```
+//!
 //! Every process a benchmark starts is reaped before it returns (this process
 //! is a child subreaper; see [`procs`]), and every wait has a time limit.
 
@@ -32,6 +40,7 @@
 mod chain;
 mod cleanup;
 mod clock;
+mod footprint;
 mod handoff;
 mod latency;
 mod machine;
@@ -66,6 +75,8 @@ enum Command {
     Latency(latency::Args),
     /// Keep-alive rescue of `handover run`: added latency, supervisor CPU / RSS, data-path time.
     Rescue(rescue::Args),
+    /// `handover run` over N upgrades under keep-alive load: fds, RSS, children.
+    SupervisorFootprint(footprint::Args),
     /// The wire protocol's takeover: N sockets from connect to acknowledged, 64 MiB of state.
     Takeover(takeover::Args),
     /// Live connection migration at an upgrade of `hello --echo`: time, pause, memory.
@@ -93,6 +104,7 @@ fn main() -> ExitCode {
             Command::ReadyToStop(args) => ready_to_stop::run(args),
             Command::Latency(args) => latency::run(args),
             Command::Rescue(args) => rescue::run(args),
+            Command::SupervisorFootprint(args) => footprint::run(args),
             Command::Takeover(args) => takeover::run(args),
             Command::Migrate(args) => migrate::run(args),
             _ => all(),

@@ -26,9 +26,10 @@
 //!
 //! Measured, never asserted; every process is reaped, every wait bounded.
 
-mod client;
-mod meter;
-mod subject;
+// Also used by `footprint`.
+pub(crate) mod client;
+pub(crate) mod meter;
+pub(crate) mod subject;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -121,12 +121,37 @@ pub struct Supervised {
 
 impl Supervised {
     /// `handover run --listen web=127.0.0.1:0 --ready http:/ --rescue-idle IDLE
-    /// -- SERVER`, waiting (up to 30 s) until its first child is current.
+    /// -- SERVER` (see [`Supervised::launch`]).
     pub fn start(
         handover: &Path,
         server: &Path,
         dir: &Path,
         idle: Duration,
+    ) -> Result<Supervised, String> {
+        let idle = humantime::format_duration(idle).to_string();
+        Supervised::launch(
+            handover,
+            dir,
+            // Measured: the rescue at the stop signal, not the probation before it.
+            &[
+                "--ready",
+                "http:/",
+                "--probation",
+                "100ms",
+                "--rescue-idle",
+                &idle,
+            ],
+            &[server.as_os_str()],
+        )
+    }
+
+    /// `handover run --listen web=127.0.0.1:0 --pid-file … OPTIONS -- COMMAND`,
+    /// waiting (up to 30 s) until its first child is current.
+    pub fn launch(
+        handover: &Path,
+        dir: &Path,
+        options: &[&str],
+        command: &[&std::ffi::OsStr],
     ) -> Result<Supervised, String> {
         let pid_file = dir.join("handover.pid");
         let log = dir.join("handover.log");
@@ -135,15 +160,12 @@ impl Supervised {
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = procs::spawn_group(
             Command::new(handover)
-                .args(["run", "--listen", "web=127.0.0.1:0", "--ready", "http:/"])
-                // Measured: the rescue at the stop signal, not the probation before it.
-                .args(["--probation", "100ms"])
-                .arg("--rescue-idle")
-                .arg(humantime::format_duration(idle).to_string())
+                .args(["run", "--listen", "web=127.0.0.1:0"])
+                .args(options)
                 .arg("--pid-file")
                 .arg(&pid_file)
                 .arg("--")
-                .arg(server)
+                .args(command)
                 .env("NO_COLOR", "1")
                 .env_remove("RUST_LOG")
                 .current_dir(dir)
@@ -230,13 +252,18 @@ impl Supervised {
 
     /// Starts `handover upgrade` (it returns once the old child's rescue is over).
     pub fn upgrade(&self) -> Result<Child, String> {
+        self.upgrade_with_output(Stdio::null(), Stdio::null())
+    }
+
+    /// [`Supervised::upgrade`], its output going to `stdout` and `stderr`.
+    pub fn upgrade_with_output(&self, stdout: Stdio, stderr: Stdio) -> Result<Child, String> {
         procs::spawn_group(
             Command::new(&self.handover)
                 .args(["upgrade", "--pid-file"])
                 .arg(&self.pid_file)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stdout(stdout)
+                .stderr(stderr),
         )
     }
 
