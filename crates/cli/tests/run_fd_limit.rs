@@ -175,14 +175,11 @@ fn upgrade_works_again(supervisor: &mut Supervisor) {
 }
 
 /// The limit just above what the supervisor holds at rest: room for the
-/// `handover upgrade` client's connection, none for the upgrade.
+/// `handover upgrade` client's connection, none for the upgrade (its new
+/// epoch's listening socket). Until c2673f5 the supervisor deadlocked here:
+/// `Listeners::open_epoch` called `release` while still holding the group's
+/// mutex, and nothing answered any more.
 #[test]
-#[ignore = "the supervisor deadlocks (83207a0): with no fd for the new epoch's socket, \
-            Listeners::open_epoch calls Listeners::release while the `if let Err(_) = \
-            lock(group).add(epoch)` still holds that group's mutex; the event loop blocks for good \
-            in Mutex::lock_contended, `handover upgrade` never gets an answer, later clients are \
-            not even accepted (`control socket accept failed error=Too many open files` every \
-            50 ms), SIGINT does not end it; the current child serves on"]
 fn an_upgrade_under_a_low_fd_limit_fails_clearly_and_the_old_child_serves_on() {
     let mut supervisor = start();
     upgrade_fails_for_lack_of_fds(&mut supervisor, 1);
