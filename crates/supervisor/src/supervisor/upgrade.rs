@@ -30,7 +30,12 @@ impl Supervisor {
         // those that new connections go to.
         let upgrade = matches!(purpose, Purpose::Upgrade { .. });
         let epoch = if upgrade {
-            self.listeners.open_epoch(number)?;
+            self.listeners.open_epoch(number).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open the new child's sockets: {e}"),
+                )
+            })?;
             number
         } else {
             self.listeners.target(number)
