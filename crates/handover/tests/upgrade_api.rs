@@ -212,6 +212,9 @@ fn a_ready_successor_is_committed_and_the_contract_holds() {
             ctl.to_str().unwrap(),
         ])
         .pid_file(&pid_file)
+        // This test ends the successor itself: no probation watching (and
+        // reaping) it meanwhile. Probation is tested in hello/tests/probation.rs.
+        .probation(Duration::ZERO)
         .build()
         .unwrap();
     handover.tcp_listener("web", ("127.0.0.1", port)).unwrap();
