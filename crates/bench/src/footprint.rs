@@ -210,7 +210,7 @@ fn upgrades(
             upgrades,
             fds: describe_fds(sup),
             memory: meter::memory(sup),
-            threads: status_field(&status, "Threads:"),
+            threads: crate::rescue::meter::status_field(&status, "Threads:"),
             children_max,
             fds_max,
             times: std::mem::take(times),
@@ -302,15 +302,6 @@ fn connection_counts(said: &str) -> (u64, u64, u64) {
             .unwrap_or(0)
     };
     (before("released"), before("rescued"), before("lost"))
-}
-
-fn status_field(status: &str, name: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The fds of `pid` with their `readlink` targets; a socket's target gets

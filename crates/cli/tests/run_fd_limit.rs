@@ -16,43 +16,6 @@ use std::time::{Duration, Instant};
 
 use run_support::http::Connection;
 use run_support::*;
-use rustix::process::{Pid, Resource, Rlimit};
-
-/// The lowest soft limit under which `room` fd numbers are free, given the
-/// fds open: a new fd takes the lowest free number, and must be below the limit.
-fn limit_leaving(fds: &[(u32, String)], room: u64) -> u64 {
-    (1..)
-        .find(|&limit: &u64| {
-            let used = fds.iter().filter(|(fd, _)| u64::from(*fd) < limit).count() as u64;
-            limit - used == room
-        })
-        .expect("some limit leaves that room")
-}
-
-/// Sets the soft open-file limit of `pid` (the hard one stays, so it can be
-/// raised back).
-fn set_soft_limit(pid: u32, soft: Option<u64>) {
-    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
-    rustix::process::prlimit(
-        Pid::from_raw(pid as i32),
-        Resource::Nofile,
-        Rlimit {
-            current: soft,
-            maximum: hard,
-        },
-    )
-    .expect("prlimit on the supervisor");
-}
-
-/// The supervisor's fds once they have not changed for 200 ms (no control
-/// client, no child starting).
-fn fds_at_rest(pid: u32) -> Vec<(u32, String)> {
-    wait_until("the supervisor at rest", Duration::from_secs(10), || {
-        let before = fds_of(pid);
-        std::thread::sleep(Duration::from_millis(200));
-        (fds_of(pid) == before).then_some(before)
-    })
-}
 
 /// `handover upgrade`, killed (by pid) if it has not returned within 20 s:
 /// its exit code (`None`: killed) and what it said.
@@ -112,7 +75,7 @@ fn upgrade_fails_for_lack_of_fds(supervisor: &mut Supervisor, room: u64) {
     assert_eq!(answered_by(&mut kept), current);
     let rest = fds_at_rest(sup);
     let limit = limit_leaving(&rest, room);
-    set_soft_limit(sup, Some(limit));
+    set_soft_fd_limit(sup, Some(limit));
 
     let (code, said) = bounded_upgrade(supervisor);
     let context = format!(
@@ -157,7 +120,10 @@ fn upgrade_fails_for_lack_of_fds(supervisor: &mut Supervisor, room: u64) {
         "the failed upgrade left no fd behind: before {rest:?}, after {:?}; {context}",
         fds_of(sup)
     );
-    set_soft_limit(sup, rustix::process::getrlimit(Resource::Nofile).current);
+    set_soft_fd_limit(
+        sup,
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+    );
 }
 
 /// Once descriptors are to be had again, an upgrade works.

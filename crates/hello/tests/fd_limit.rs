@@ -14,44 +14,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use rustix::process::{Pid, Resource, Rlimit, Signal};
+use rustix::process::Signal;
 use support::clients::read_response;
 use support::*;
-
-/// The lowest soft limit under which `room` fd numbers are free, given the
-/// fds open: a new fd takes the lowest free number, and must be below the limit.
-fn limit_leaving(fds: &[(u32, String)], room: u64) -> u64 {
-    (1..)
-        .find(|&limit: &u64| {
-            let used = fds.iter().filter(|(fd, _)| u64::from(*fd) < limit).count() as u64;
-            limit - used == room
-        })
-        .expect("some limit leaves that room")
-}
-
-/// Sets the soft open-file limit of `pid` (the hard one stays, so it can be
-/// raised back).
-fn set_soft_limit(pid: u32, soft: Option<u64>) {
-    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
-    rustix::process::prlimit(
-        Pid::from_raw(pid as i32),
-        Resource::Nofile,
-        Rlimit {
-            current: soft,
-            maximum: hard,
-        },
-    )
-    .expect("prlimit on the server");
-}
-
-/// The process's fds once they have not changed for 200 ms.
-fn fds_at_rest(pid: u32) -> Vec<(u32, String)> {
-    wait_until("the server at rest", Duration::from_secs(10), || {
-        let before = fds_of(pid);
-        std::thread::sleep(Duration::from_millis(200));
-        (fds_of(pid) == before).then_some(before)
-    })
-}
 
 /// A keep-alive HTTP connection.
 struct KeepAlive {
@@ -96,7 +61,7 @@ fn a_sighup_upgrade_under_a_low_fd_limit_fails_with_a_clear_log_line_and_the_old
     for room in [1, 3] {
         let rest = fds_at_rest(pid);
         let limit = limit_leaving(&rest, room);
-        set_soft_limit(pid, Some(limit));
+        set_soft_fd_limit(pid, Some(limit));
         let mark = server.log_text().len();
         signal(pid, Signal::HUP);
         let line = server.wait_log("upgrade failed", mark, Duration::from_secs(20));
@@ -125,7 +90,10 @@ fn a_sighup_upgrade_under_a_low_fd_limit_fails_with_a_clear_log_line_and_the_old
             "the failed upgrade left no fd behind: before {rest:?}, after {:?}; {context}",
             fds_of(pid)
         );
-        set_soft_limit(pid, rustix::process::getrlimit(Resource::Nofile).current);
+        set_soft_fd_limit(
+            pid,
+            rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+        );
     }
     // Descriptors to be had again: the next upgrade works.
     let (old, new) = server.upgrade();

@@ -225,3 +225,40 @@ impl FakeNotifySocket {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 }
+
+/// The lowest soft fd limit under which `room` fd numbers are free, given the
+/// fds open (`fds_of`): a new fd takes the lowest free number, and must be
+/// below the limit.
+pub fn limit_leaving(fds: &[(u32, String)], room: u64) -> u64 {
+    (1..)
+        .find(|&limit: &u64| {
+            let used = fds.iter().filter(|(fd, _)| u64::from(*fd) < limit).count() as u64;
+            limit - used == room
+        })
+        .expect("some limit leaves that room")
+}
+
+/// Sets the soft open-file limit of `pid` (`None`: unlimited); the hard one
+/// stays, so it can be raised back.
+pub fn set_soft_fd_limit(pid: u32, soft: Option<u64>) {
+    use rustix::process::{Resource, Rlimit};
+    let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+    rustix::process::prlimit(
+        Pid::from_raw(pid as i32),
+        Resource::Nofile,
+        Rlimit {
+            current: soft,
+            maximum: hard,
+        },
+    )
+    .expect("prlimit");
+}
+
+/// The fds of `pid` once they have not changed for 200 ms (nothing under way).
+pub fn fds_at_rest(pid: u32) -> Vec<(u32, String)> {
+    wait_until("the process at rest", Duration::from_secs(10), || {
+        let before = fds_of(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        (fds_of(pid) == before).then_some(before)
+    })
+}

@@ -116,17 +116,20 @@ pub struct Memory {
     pub hwm_kib: u64,
 }
 
+/// The number after `name` in a `/proc/PID/status` text (0 if absent).
+pub(crate) fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The memory figures of `pid` (zeros if it is gone).
 pub fn memory(pid: u32) -> Memory {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| status_field(&status, name);
     Memory {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
