@@ -48,7 +48,7 @@ fn a_new_version_that_crashes_or_hangs_is_rolled_back() {
     );
     let old = supervisor.current_pid();
     let load = load(&supervisor, Mode::Mixed);
-    let fds_before = fds_of(supervisor.process.id());
+    let fds_before = fds_at_rest(supervisor.process.id());
 
     replace(
         &server,

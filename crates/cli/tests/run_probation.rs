@@ -54,7 +54,7 @@ fn a_new_child_killed_on_probation_hands_back_to_the_old_one_under_load() {
         &["--ready", "notify", "--probation", "3s"],
         &["python3", fixture("notify_server.py").to_str().unwrap()],
     );
-    let fds_before = fds_of(supervisor.process.id());
+    let fds_before = fds_at_rest(supervisor.process.id());
     const WORKERS: usize = 4;
     let load = FreshLoad::start(supervisor.addr, WORKERS);
     let (old, new, killed, upgrade) = upgrade_then_kill_the_new_child(&supervisor, &load);
@@ -129,10 +129,14 @@ fn a_new_child_killed_on_probation_hands_back_to_the_old_one_under_load() {
     assert!(said.contains(&format!("old pid {old}")), "{said}");
     let newest = supervisor.current_pid();
     assert!(newest != old && newest != new);
-    wait_until(
-        "the supervisor's fds to settle",
-        Duration::from_secs(10),
-        || (fds_of(supervisor.process.id()).len() == fds_before.len()).then_some(()),
+    let settled = try_wait_until(Duration::from_secs(10), || {
+        (fds_of(supervisor.process.id()).len() == fds_before.len()).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "supervisor fds before {fds_before:?}, after {:?}\n{}",
+        fds_of(supervisor.process.id()),
+        supervisor.log_text()
     );
     assert_eq!(descendants(supervisor.process.id()), vec![newest]);
 }

@@ -55,7 +55,7 @@ fn new_connections_go_to_the_ready_child_and_only_to_it() {
         ],
     );
     let old = supervisor.current_pid();
-    let fds_before = fds_of(supervisor.process.id());
+    let fds_before = fds_at_rest(supervisor.process.id());
     let upgrade = supervisor.upgrade_in_background();
     // One client, one request at a time, until the old child is gone.
     let mut answers = Vec::new();
