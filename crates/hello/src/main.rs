@@ -73,6 +73,14 @@ struct Args {
     /// version.
     #[arg(long)]
     no_migration: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key). Each
+    /// version reads it at start-up: replace the files and upgrade to rotate
+    /// a certificate. TLS connections are drained, not migrated.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -144,11 +152,24 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let generation = handover.generation();
     let _span = tracing::info_span!("hello", pid, generation).entered();
     let history = boot_history(&handover);
+    // Read before anything is served: a successor with a bad certificate
+    // never gets ready, and the running version serves on.
+    let tls =
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key).map_err(
+                |error| handover::Error::Io {
+                    context: "loading the TLS certificate".into(),
+                    source: std::io::Error::other(error),
+                },
+            )?),
+            _ => None,
+        };
+    let scheme = if tls.is_some() { "https" } else { "http" };
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
         let (name, addr) = spec.split_once('=').unwrap_or(("web", spec));
-        listeners.push(listen(&handover, name, addr, "http")?);
+        listeners.push(listen(&handover, name, addr, scheme)?);
     }
     let mut echoes = Vec::new();
     for spec in &args.echo {
@@ -167,9 +188,16 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
         .into_iter()
         .map(|listener| {
             let history = Arc::clone(&history);
-            tokio::spawn(http::serve(listener, &handover, move |request| {
-                respond(request, pid, generation, Arc::clone(&history))
-            }))
+            let handler = move |request| respond(request, pid, generation, Arc::clone(&history));
+            match &tls {
+                Some(config) => tokio::spawn(http::serve_tls(
+                    listener,
+                    &handover,
+                    Arc::clone(config),
+                    handler,
+                )),
+                None => tokio::spawn(http::serve(listener, &handover, handler)),
+            }
         })
         .collect();
     let echo_servers: Vec<_> = echoes

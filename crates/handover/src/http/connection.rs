@@ -20,8 +20,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::io::{Io, Tracked, Watch};
-use super::{Handler, HandlerError};
+use super::io::{Io, Stream, Tracked, Watch};
+use super::service::Handler;
+use super::HandlerError;
 use crate::migration::Migrant;
 use crate::{ConnectionGuard, DrainReason, DrainSignal, Handover};
 
@@ -35,6 +36,46 @@ pub(super) struct Shared<F> {
     pub(super) handover: Handover,
     /// The listener's name, if it has one: connections migrate under it.
     pub(super) listener: Option<String>,
+    /// What an accepted connection speaks first.
+    pub(super) transport: Transport,
+}
+
+/// Plain TCP, or TLS first.
+pub(super) enum Transport {
+    /// HTTP straight on TCP: HTTP/2 told by its preface; HTTP/1.1 may migrate.
+    Plain,
+    /// A TLS handshake first; HTTP/2 told by ALPN; nothing migrates (the TLS
+    /// session lives in this process: without kTLS it cannot be handed on).
+    #[cfg(feature = "tls")]
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// Serves a connection this process accepted.
+pub(super) async fn accepted<H: Handler>(
+    shared: Arc<Shared<H>>,
+    stream: TcpStream,
+    guard: ConnectionGuard,
+) {
+    match &shared.transport {
+        Transport::Plain => serve(Arc::clone(&shared), stream, Vec::new(), true, guard).await,
+        #[cfg(feature = "tls")]
+        Transport::Tls(acceptor) => {
+            // The guard is held from the accept on: a handshake under way
+            // when the drain begins completes here, and its first response
+            // then carries `Connection: close` (or it gets GOAWAY).
+            let acceptor = acceptor.clone();
+            let Some((tls, http2)) = super::tls::handshake(&acceptor, stream).await else {
+                return;
+            };
+            let io = Io::new(Vec::new(), tls, Arc::default());
+            if http2 {
+                serve_http2(&shared, io).await;
+            } else {
+                serve_http1(&shared, io, false).await;
+            }
+            drop(guard);
+        }
+    }
 }
 
 impl<F> Shared<F> {
@@ -104,7 +145,7 @@ pub(super) async fn serve<H: Handler>(
 
 /// Reads until the first bytes tell HTTP/2's preface from anything else;
 /// `None` if the connection ends first.
-async fn is_http2(io: &mut Io) -> Option<bool> {
+async fn is_http2<S: Stream>(io: &mut Io<S>) -> Option<bool> {
     loop {
         let seen = io.pending_prefix();
         let n = seen.len().min(H2_PREFACE.len());
@@ -121,7 +162,7 @@ async fn is_http2(io: &mut Io) -> Option<bool> {
     }
 }
 
-async fn serve_http2<H: Handler>(shared: &Shared<H>, io: Io) {
+async fn serve_http2<H: Handler, S: Stream>(shared: &Shared<H>, io: Io<S>) {
     let handler = shared.handler.clone();
     // A connection that has not sent a request yet gets its GOAWAY after the
     // first one: a GOAWAY before it would cross it, and a client that does
@@ -157,11 +198,11 @@ type ResponseFuture<B> =
 /// Serves HTTP/1.1 until the connection ends (`None`), or — if it may migrate
 /// and migration is wanted — until it is idle, then detaches it: the stream
 /// and the bytes read ahead, in order.
-async fn serve_http1<H: Handler>(
+async fn serve_http1<H: Handler, S: Stream>(
     shared: &Arc<Shared<H>>,
-    io: Io,
+    io: Io<S>,
     may_migrate: bool,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> Option<(S, Vec<u8>)> {
     let watch: Arc<Watch> = Arc::default();
     let io = Io::new_watched(io, Arc::clone(&watch));
     let service = {

@@ -89,17 +89,22 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that first yields `prefix` (bytes a previous owner read), and
-/// reports pending writes to its [`Watch`].
-pub(super) struct Io {
+/// A stream (TCP, or TLS over TCP) that first yields `prefix` (bytes a
+/// previous owner read), and reports pending writes to its [`Watch`].
+pub(super) struct Io<S = TcpStream> {
     prefix: Vec<u8>,
     at: usize,
-    stream: TcpStream,
+    stream: S,
     watch: Arc<Watch>,
 }
 
-impl Io {
-    pub(super) fn new(prefix: Vec<u8>, stream: TcpStream, watch: Arc<Watch>) -> Io {
+/// What a connection can be served on.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+impl<S: Stream> Io<S> {
+    pub(super) fn new(prefix: Vec<u8>, stream: S, watch: Arc<Watch>) -> Io<S> {
         Io {
             prefix,
             at: 0,
@@ -109,12 +114,12 @@ impl Io {
     }
 
     /// The same IO, reporting to `watch` from now on.
-    pub(super) fn new_watched(io: Io, watch: Arc<Watch>) -> Io {
+    pub(super) fn new_watched(io: Io<S>, watch: Arc<Watch>) -> Io<S> {
         Io { watch, ..io }
     }
 
     /// The prefix bytes not yet read, and the stream.
-    pub(super) fn into_parts(mut self) -> (Vec<u8>, TcpStream) {
+    pub(super) fn into_parts(mut self) -> (Vec<u8>, S) {
         let rest = self.prefix.split_off(self.at);
         (rest, self.stream)
     }
@@ -140,7 +145,7 @@ impl Io {
     }
 }
 
-impl AsyncRead for Io {
+impl<S: Stream> AsyncRead for Io<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -157,7 +162,7 @@ impl AsyncRead for Io {
     }
 }
 
-impl AsyncWrite for Io {
+impl<S: Stream> AsyncWrite for Io<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -19,6 +19,21 @@
 //!   migrate: HPACK tables and stream states live inside hyper and cannot be
 //!   moved to another process.
 //! - At the deadline, connections still open are closed and counted.
+//! - **HTTPS** ([`serve_tls`], feature `tls`): the same, after a rustls
+//!   handshake; HTTP/2 is chosen by ALPN; nothing migrates. See [`tls`].
+//!
+//! The handler is an async closure (below) or any tower `Service`, such as an
+//! axum `Router` — see [`HttpService`]:
+//!
+//! ```ignore
+//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+//! let server = tokio::spawn(http::serve(listener, &handover, app));
+//! ```
+//!
+//! Unlike axum's own `serve(…).with_graceful_shutdown(…)`, which closes idle
+//! keep-alive connections when the shutdown begins (racing a request the
+//! client may be sending on one), a drain here never closes a connection
+//! between two requests without telling the client first.
 //!
 //! ```no_run
 //! use handover::{http, Handover};
@@ -41,13 +56,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
-use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -56,8 +68,14 @@ use crate::{DrainReason, Handover};
 
 mod connection;
 mod io;
+mod service;
+#[cfg(feature = "tls")]
+pub mod tls;
 
-type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+use service::{BoxError, Handler};
+pub use service::{Closure, HttpService, Tower};
+#[cfg(feature = "tls")]
+pub use tls::serve_tls;
 
 /// How a [`serve`] call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +86,8 @@ pub struct Summary {
     pub closed_at_deadline: usize,
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on `listener` with `handler` until `handover`
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with `service` (an async closure
+/// or a tower `Service`: [`HttpService`]) until `handover`
 /// drains; resolves when every connection has ended, moved to the successor,
 /// or been closed at the deadline, and the successor's probation is over. If
 /// the successor dies on probation, it accepts on `listener` again (see
@@ -77,27 +96,23 @@ pub struct Summary {
 /// Also serves the connections migrated to this process for the listener's
 /// name (see [`Handover::name_of`]): it asks for them when called, so call it
 /// (spawning the future is enough) before [`Handover::ready`].
-pub fn serve<F, Fut, B, E>(
+pub fn serve<S, M>(
     listener: TcpListener,
     handover: &Handover,
-    handler: F,
+    service: S,
 ) -> impl Future<Output = Summary> + Send + 'static
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
+    S: HttpService<M>,
 {
     let name = handover.name_of(&listener);
     // Now, not at the first poll: before ready(), so none is refused.
     let arrivals = name.as_deref().map(|name| handover.migrated(name));
     let shared = Arc::new(connection::Shared {
-        handler,
+        handler: service.into_handler(),
         drain: handover.drain_signal(),
         handover: handover.clone(),
         listener: name,
+        transport: connection::Transport::Plain,
     });
     run(listener, shared, arrivals)
 }
@@ -136,8 +151,7 @@ async fn accept_then_drain<H: Handler>(
             order = drain.recv() => break order,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let task = connection::serve(Arc::clone(shared), stream, Vec::new(), true, tracker.track());
-                    connections.spawn(task);
+                    connections.spawn(connection::accepted(Arc::clone(shared), stream, tracker.track()));
                 }
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -219,33 +233,6 @@ fn migrated<H: Handler>(
             tracing::warn!(%error, "a migrated connection cannot be served");
             None
         }
-    }
-}
-
-/// What [`serve`] takes as a handler, its bounds named once for the
-/// connection code: a cloneable async function from a request to a response.
-trait Handler: Clone + Send + Sync + 'static {
-    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
-    type Error: Into<BoxError> + 'static;
-    type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + Send + 'static;
-    fn call(&self, request: Request<Incoming>) -> Self::Future;
-}
-
-impl<F, Fut, B, E> Handler for F
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError> + 'static,
-{
-    type Body = B;
-    type Error = E;
-    type Future = Fut;
-
-    fn call(&self, request: Request<Incoming>) -> Fut {
-        self(request)
     }
 }
 

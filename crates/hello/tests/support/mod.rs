@@ -34,6 +34,15 @@ pub fn short_probation(args: &[&str]) -> &'static [&'static str] {
     }
 }
 
+/// How a server under test learns its PID file's path.
+#[derive(Debug, Clone, Copy)]
+pub enum PidFileBy {
+    /// `--pid-file PATH` (hello).
+    Flag,
+    /// An environment variable (the axum example's `PID_FILE`).
+    Env(&'static str),
+}
+
 /// A running `hello` and all the pids it has had.
 pub struct Server {
     pub scratch: Scratch,
@@ -60,18 +69,41 @@ impl Server {
 
     /// Starts `hello ARGS --pid-file …` with extra environment variables.
     pub fn start_with_env(label: &str, args: &[&str], env: &[(&str, &Path)]) -> Server {
+        let mut all = short_probation(args).to_vec();
+        all.extend_from_slice(args);
+        Server::launch(
+            label,
+            env!("CARGO_BIN_EXE_hello").as_ref(),
+            &all,
+            env,
+            PidFileBy::Flag,
+        )
+    }
+
+    /// Starts a private copy of the server binary `source` with `args` and
+    /// `env`, telling it its PID file as `pid_file` says, and waits until it
+    /// has printed where it listens and named itself in the PID file.
+    pub fn launch(
+        label: &str,
+        source: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        pid_file_by: PidFileBy,
+    ) -> Server {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
         let scratch = Scratch::new(label);
-        let exe = scratch.path("hello");
-        copy_executable(env!("CARGO_BIN_EXE_hello").as_ref(), &exe);
-        let pid_file = scratch.path("hello.pid");
-        let log = scratch.path("hello.log");
+        let exe = scratch.path(source.file_name().unwrap().to_str().unwrap());
+        copy_executable(source, &exe);
+        let pid_file = scratch.path("server.pid");
+        let log = scratch.path("server.log");
+        let mut command = Command::new(&exe);
+        command.args(args);
+        match pid_file_by {
+            PidFileBy::Flag => command.arg("--pid-file").arg(&pid_file),
+            PidFileBy::Env(name) => command.env(name, &pid_file),
+        };
         let mut child = spawn(
-            Command::new(&exe)
-                .args(short_probation(args))
-                .args(args)
-                .arg("--pid-file")
-                .arg(&pid_file)
+            command
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .envs(env.iter().copied())
@@ -106,7 +138,10 @@ impl Server {
             .unwrap_or_else(|_| panic!("hello printed nothing; log:\n{}", server.log_text()));
         server.addr = first
             .split_whitespace()
-            .find_map(|word| word.strip_prefix("http://"))
+            .find_map(|word| {
+                word.strip_prefix("http://")
+                    .or_else(|| word.strip_prefix("https://"))
+            })
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         wait_until(
