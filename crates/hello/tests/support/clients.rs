@@ -27,7 +27,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    fn answered_by(&mut self, pid: u32) {
+    pub fn answered_by(&mut self, pid: u32) {
         if self.pids.last() != Some(&pid) {
             self.pids.push(pid);
         }
@@ -156,7 +156,7 @@ pub struct Response {
 
 /// Reads one response (with a `Content-Length`) from `stream`; `pending`
 /// holds bytes read past the previous one.
-pub fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Result<Response, String> {
+pub fn read_response(stream: &mut impl Read, pending: &mut Vec<u8>) -> Result<Response, String> {
     let head_end = loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
@@ -191,7 +191,7 @@ pub fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Result<Re
     })
 }
 
-fn fill(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(), String> {
+fn fill(stream: &mut impl Read, pending: &mut Vec<u8>) -> Result<(), String> {
     let mut chunk = [0u8; 4096];
     match stream.read(&mut chunk) {
         Ok(0) => Err("closed by the server".into()),

@@ -20,6 +20,7 @@ use rustix::process::Signal;
 
 pub mod clients;
 pub mod takeover;
+pub mod tls;
 // Not every test file uses it (each compiles this module on its own).
 #[allow(unused_imports)]
 pub use takeover::Takeover;
