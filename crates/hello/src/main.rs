@@ -10,7 +10,9 @@
 //! the running one with no failed request. `--echo [NAME=]ADDR` adds a
 //! line-echo listener (each line answered with `<pid> <line>`). Keep-alive
 //! HTTP connections and echo connections migrate to the new version at each
-//! upgrade and never close, unless `--no-migration`.
+//! upgrade and never close, unless `--no-migration`. `--tls-cert FILE
+//! --tls-key FILE` serves HTTPS instead (each version reads the files when it
+//! starts, so an upgrade rotates the certificate; TLS connections drain).
 //!
 //! ```text
 //! hello --listen 127.0.0.1:8080 --startup-delay 2s --pid-file hello.pid --takeover /tmp/hello/takeover.sock
