@@ -6,6 +6,10 @@
 //! |---|---|---|---|
 //! | upgraded | once idle (a response in flight first finishes, keep-alive intact): detached with the bytes hyper read ahead, handed over; if kept, served on as in the next column | the next response carries `Connection: close` | GOAWAY; streams in flight finish |
 //! | stop, exit | — | the next response carries `Connection: close` | GOAWAY |
+//!
+//! Over TLS ([`Transport::Tls`]) HTTP/1.1 is always in the "otherwise"
+//! column (a TLS session cannot leave the process), and HTTP/2 is chosen by
+//! ALPN rather than by the preface.
 
 use std::error::Error as StdError;
 use std::future::Future;
