@@ -40,6 +40,10 @@ enum Command {
     Status(supervise::ClientArgs),
     /// Stop the server gracefully (then the supervisor).
     Stop(supervise::ClientArgs),
+    /// Apply a new configuration in place: a library process runs its reload
+    /// hook and reports the result; a supervisor sends its child the reload
+    /// signal (`--reload-signal`). Exit 1 with the reason if it was refused.
+    Reload(supervise::ClientArgs),
     /// Print the supervisor state version this binary reads and writes (a
     /// self-upgrade asks the new binary before switching to it).
     #[command(hide = true)]
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Upgrade(args) => supervise::client(Request::Upgrade, args.client),
         Command::Status(args) => supervise::client(Request::Status, args),
         Command::Stop(args) => supervise::client(Request::Stop, args),
+        Command::Reload(args) => supervise::client(Request::Reload, args),
         Command::SupervisorStateVersion => {
             println!("{}", handover_supervisor::STATE_VERSION);
             Ok(ExitCode::SUCCESS)

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// The signal that asks an old child to drain and exit.
     #[arg(long, value_parser = parse_signal, default_value = "TERM")]
     stop_signal: i32,
+    /// The signal `handover reload` sends the current child, for servers that
+    /// reload their configuration on a signal (gunicorn: HUP, puma: USR1).
+    #[arg(long, value_parser = parse_signal, default_value = "HUP")]
+    reload_signal: i32,
     /// How long an old child may drain before it is killed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
@@ -128,6 +132,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ready: args.ready,
         ready_timeout: args.ready_timeout,
         stop_signal: args.stop_signal,
+        reload_signal: args.reload_signal,
         drain_timeout: args.drain_timeout,
         probation: args.probation,
         max_draining: args.max_draining.max(1),

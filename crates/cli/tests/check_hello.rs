@@ -1,6 +1,8 @@
 //! `handover check` against the real example server, `hello`, upgraded by
 //! SIGHUP three times: a correct zero-downtime server, so the verdict must be
-//! a pass with every generation answering.
+//! a pass with every generation answering. And `handover reload --socket`
+//! against hello's takeover socket: the exit status and message are its
+//! reload hook's.
 //!
 //! `hello` is not a dependency of this crate, so its binary is taken from the
 //! same target directory as `handover`, built there with `cargo build -p hello`
@@ -266,4 +268,65 @@ fn check_reports_every_connection_kept_across_upgrades_of_a_migrating_hello() {
         }
     }
     pids.end_all();
+}
+
+/// `handover reload --socket` runs a library process's reload hook and
+/// reports it: exit 0 with its message, or exit 1 with why the new
+/// configuration was refused (and the old one serves on).
+#[test]
+fn handover_reload_reports_what_a_library_process_hook_said() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let dir = Scratch::new("hello-reload");
+    let greeting = dir.path("greeting.txt");
+    std::fs::write(&greeting, "hello").unwrap();
+    let socket = dir.path("takeover.sock");
+    let (_pids, _, lines) = start_hello(
+        &dir,
+        &[
+            "--greeting-file",
+            greeting.to_str().unwrap(),
+            "--takeover",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let addr: std::net::SocketAddr = address(&lines, "http://").parse().unwrap();
+    let reload = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_handover"))
+            .arg("reload")
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), said)
+    };
+    let greets = |word: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.contains(&format!("\r\n\r\n{word} from pid="))
+    };
+
+    std::fs::write(&greeting, "bonjour").unwrap();
+    let (code, said) = reload();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(r#"greeting "hello" → "bonjour""#), "{said}");
+    assert!(greets("bonjour"));
+
+    std::fs::write(&greeting, "").unwrap();
+    let (code, said) = reload();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("refused, the old one is kept") && said.contains("one line of 1 to 256"),
+        "{said}"
+    );
+    assert!(greets("bonjour"), "the old greeting serves on");
 }

@@ -46,6 +46,9 @@ pub enum Error {
     /// An upgrade was asked for while one is under way.
     #[error("an upgrade is already under way (successor pid {0}); try again when it ends")]
     UpgradeInProgress(u32),
+    /// An upgrade was asked for while a reload runs.
+    #[error("upgrade refused: a reload is under way; try again when it ends")]
+    ReloadInProgress,
     /// An upgrade was asked for before this process said it was ready.
     #[error("upgrade refused: this process has not called ready() yet")]
     NotReady,

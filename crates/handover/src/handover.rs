@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     inherited_state: Option<Vec<u8>>,
     /// What this version hands over.
     state_provider: Mutex<Option<state::Provider>>,
+    /// What a reload does, if the application said (see [`crate::reload`]).
+    pub(crate) reload_hook: Mutex<Option<crate::reload::Hook>>,
     /// What a drained process does next (see [`crate::probation`]).
     pub(crate) verdict: crate::probation::Verdict,
     /// Whether a stop was asked (it ends a probation; nothing resumes after it).
@@ -188,6 +190,7 @@ impl Handover {
                 inboxes: Default::default(),
                 inherited_state,
                 state_provider: Mutex::new(None),
+                reload_hook: Mutex::new(None),
                 verdict: crate::beacon::Beacon::new(None),
                 stop_asked: AtomicBool::new(false),
                 takeover_loop: AtomicBool::new(false),

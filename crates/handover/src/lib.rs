@@ -55,6 +55,7 @@ mod error;
 mod handover;
 pub mod migration;
 pub mod probation;
+pub mod reload;
 pub mod signals;
 mod sockets;
 pub mod state;
@@ -71,6 +72,7 @@ pub use drain::{ConnectionGuard, ConnectionTracker, DrainOrder, DrainReason, Dra
 pub use error::{Error, Result, SuccessorFailure};
 pub use handover::Handover;
 pub use probation::{AfterDrain, SuccessorExit};
+pub use reload::ReloadError;
 pub use signals::SignalAction;
 pub use sockets::{Address, SocketKind};
 pub use upgrade::Phase;

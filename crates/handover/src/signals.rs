@@ -6,6 +6,9 @@
 //! | `SIGTERM`, `SIGQUIT` | [`SignalAction::Stop`]: stop accepting, drain, exit |
 //! | `SIGINT` | [`SignalAction::StopNow`]: stop accepting, close connections now, exit |
 //!
+//! [`SignalAction::Reload`] is on no signal by default (`SIGHUP`, the usual
+//! reload signal, upgrades here): an application picks one, e.g. `SIGUSR1`.
+//!
 //! Every entry can be changed with [`crate::Builder::signal`]; signals not in the
 //! table keep their usual disposition.
 
@@ -25,6 +28,8 @@ pub enum SignalAction {
     Stop,
     /// Call [`Handover::stop_now`].
     StopNow,
+    /// Call [`Handover::reload`] (on a new thread; the outcome is logged).
+    Reload,
     /// Leave the signal's usual disposition alone.
     Default,
 }
@@ -70,6 +75,18 @@ pub(crate) fn install(table: &[(i32, SignalAction)], handover: Handover) -> io::
                             });
                         if let Err(error) = spawned {
                             tracing::error!(%error, "cannot start upgrade thread");
+                        }
+                    }
+                    SignalAction::Reload => {
+                        let handover = handover.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("handover-reload".into())
+                            .spawn(move || {
+                                // The outcome is logged by reload() itself.
+                                let _ = handover.reload();
+                            });
+                        if let Err(error) = spawned {
+                            tracing::error!(%error, "cannot start reload thread");
                         }
                     }
                     SignalAction::Stop => handover.stop(),

@@ -298,6 +298,16 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
             return take_over_by(handover, channel, &agreement, listener, pid, path)
         }
         Request::Status => Reply::Status(status(handover)),
+        Request::Reload => match handover.reload() {
+            Ok(message) => Reply::Done {
+                ok: true,
+                message: format!("pid {} reloaded: {message}", std::process::id()),
+            },
+            Err(error) => Reply::Done {
+                ok: false,
+                message: format!("pid {}: {error}", std::process::id()),
+            },
+        },
         Request::UpgradeSupervisor => Reply::Done {
             ok: false,
             message: "this is a process on the handover library, not a supervisor: \
@@ -380,6 +390,7 @@ fn take_over_by(
             Phase::Upgrading { successor } => Some(format!(
                 "busy: an upgrade or takeover is already under way (pid {successor})"
             )),
+            Phase::Reloading => Some("busy: a reload is under way".to_owned()),
             other => Some(format!("this process is not serving ({other:?})")),
         };
         if let Some(why) = refusal {

@@ -32,6 +32,8 @@ use handover_wire::channel::Channel;
 ///      └────────────────────▶ Draining(Stop | Exit) ─── connections = 0 or deadline ────────▶ exit
 ///                                ▲
 ///      Upgrading ── stop() ──────┘   (successor killed and reaped: `Aborted`; a takeover: refused)
+///
+///   Serving ── reload() / `handover reload` ──▶ Reloading ── the hook returns ──▶ Serving
 /// ```
 ///
 /// While `Upgrading`, both processes accept on the same sockets, so there is
@@ -58,6 +60,8 @@ pub enum Phase {
         /// The successor's pid (0 until it is forked).
         successor: u32,
     },
+    /// The reload hook is running ([`crate::reload`]); an upgrade waits.
+    Reloading,
     /// No longer accepting.
     Draining(DrainReason),
 }
@@ -89,6 +93,7 @@ impl Handover {
                 Phase::Serving => *phase = Phase::Upgrading { successor: 0 },
                 Phase::Starting => return Err(Error::NotReady),
                 Phase::Upgrading { successor } => return Err(Error::UpgradeInProgress(successor)),
+                Phase::Reloading => return Err(Error::ReloadInProgress),
                 Phase::Draining(reason) => return Err(Error::Draining(reason)),
             }
         }

@@ -33,7 +33,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use handover::{http, Handover};
+use handover::{http, Handover, SignalAction};
+
+mod greeting;
+use greeting::Greeting;
 
 /// Example HTTP server that upgrades itself on SIGHUP with zero failed requests.
 #[derive(Debug, Parser)]
@@ -83,6 +86,11 @@ struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Greet with the text in this file instead of "hello" (one line, at
+    /// most 256 bytes). Read again, in place, on SIGUSR1 or `handover
+    /// reload --socket …`; a file that is not valid keeps the old text.
+    #[arg(long, value_name = "FILE")]
+    greeting_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -131,7 +139,9 @@ fn handover_from(args: &Args) -> Result<Handover, handover::Error> {
     if args.no_migration {
         builder = builder.no_migration("*");
     }
-    builder.build()
+    // hello's reload signal; SIGHUP stays the upgrade.
+    let usr1 = tokio::signal::unix::SignalKind::user_defined1().as_raw_value();
+    builder.signal(usr1, SignalAction::Reload).build()
 }
 
 /// The boot history: the pids of every generation so far, oldest first,
@@ -167,6 +177,12 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
             _ => None,
         };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let greeting =
+        Greeting::load(args.greeting_file.clone()).map_err(|error| handover::Error::Io {
+            context: "reading the greeting".into(),
+            source: std::io::Error::other(error),
+        })?;
+    greeting.reload_on(&handover);
 
     let mut listeners = Vec::new();
     for spec in &args.listen {
@@ -189,8 +205,11 @@ async fn run(args: Args, handover: Handover) -> Result<(), handover::Error> {
     let servers: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let history = Arc::clone(&history);
-            let handler = move |request| respond(request, pid, generation, Arc::clone(&history));
+            let (history, greeting) = (Arc::clone(&history), greeting.clone());
+            let handler = move |request| {
+                let text = greeting.text();
+                respond(request, pid, generation, Arc::clone(&history), text)
+            };
             match &tls {
                 Some(config) => tokio::spawn(http::serve_tls(
                     listener,
@@ -260,6 +279,7 @@ async fn respond(
     pid: u32,
     generation: u64,
     history: Arc<String>,
+    greeting: Arc<str>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() == "/history" {
         return Ok(Response::builder()
@@ -278,7 +298,7 @@ async fn respond(
         }
         _ => StatusCode::NOT_FOUND,
     };
-    let body = format!("hello from pid={pid} generation={generation}\n");
+    let body = format!("{greeting} from pid={pid} generation={generation}\n");
     Ok(Response::builder()
         .status(status)
         .header("x-pid", pid)

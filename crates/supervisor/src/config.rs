@@ -20,6 +20,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// Signal that asks an old child to drain and exit.
     pub stop_signal: i32,
+    /// Signal `handover reload` sends the current child.
+    pub reload_signal: i32,
     /// How long an old child may drain before it is killed.
     pub drain_timeout: Duration,
     /// How long a new child is on probation after it is ready: the old child
@@ -170,18 +172,36 @@ pub fn parse_signal(name: &str) -> Result<i32, String> {
     }
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    Ok(match bare {
-        "TERM" => libc::SIGTERM,
-        "QUIT" => libc::SIGQUIT,
-        "INT" => libc::SIGINT,
-        "HUP" => libc::SIGHUP,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "WINCH" => libc::SIGWINCH,
-        "KILL" => libc::SIGKILL,
-        _ => return Err(format!("{name}: unknown signal")),
-    })
+    SIGNALS
+        .iter()
+        .find(|(known, _)| *known == bare)
+        .map(|(_, number)| *number)
+        .ok_or_else(|| format!("{name}: unknown signal"))
 }
+
+/// `SIGHUP` for 1, and so on: the signals [`parse_signal`] knows by name
+/// (others as `signal N`).
+pub fn signal_name(signal: i32) -> String {
+    SIGNALS
+        .iter()
+        .find(|(_, number)| *number == signal)
+        .map_or_else(
+            || format!("signal {signal}"),
+            |(name, _)| format!("SIG{name}"),
+        )
+}
+
+/// The signals known by name.
+const SIGNALS: [(&str, i32); 8] = [
+    ("TERM", libc::SIGTERM),
+    ("QUIT", libc::SIGQUIT),
+    ("INT", libc::SIGINT),
+    ("HUP", libc::SIGHUP),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("WINCH", libc::SIGWINCH),
+    ("KILL", libc::SIGKILL),
+];
 
 /// Where the control socket is when not given: next to the PID file, else in
 /// `$XDG_RUNTIME_DIR`, else in a private directory under the temporary directory.
@@ -245,5 +265,7 @@ mod tests {
         assert_eq!(parse_signal("sigquit"), Ok(libc::SIGQUIT));
         assert_eq!(parse_signal("2"), Ok(libc::SIGINT));
         assert!(parse_signal("NOPE").is_err());
+        assert_eq!(signal_name(libc::SIGHUP), "SIGHUP");
+        assert_eq!(signal_name(40), "signal 40");
     }
 }

@@ -34,6 +34,8 @@ pub enum Request {
     Stop,
     /// Re-execute the supervisor's own binary in place.
     UpgradeSupervisor,
+    /// Send the current child the reload signal.
+    Reload,
 }
 
 /// What the supervisor answers (one or more per request).
@@ -139,6 +141,7 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
         WireRequest::Status => Request::Status,
         WireRequest::Stop => Request::Stop,
         WireRequest::UpgradeSupervisor => Request::UpgradeSupervisor,
+        WireRequest::Reload => Request::Reload,
         WireRequest::Takeover => {
             channel.refuse(&handover_wire::Error::Unexpected(
                 "this is a supervisor's control socket: it hands its sockets to its own \

@@ -6,7 +6,7 @@
 //!  client                                  server
 //!   │ hello ───────────────────────────────▶ peer check, version
 //!   │ ◀───────────────────────────── welcome
-//!   │ command {"status"|"upgrade"|"stop"|"takeover"|"upgrade-supervisor"} ─▶
+//!   │ command {"status"|"upgrade"|"stop"|"reload"|"takeover"|"upgrade-supervisor"} ─▶
 //!   │ ◀── progress … ◀── done {ok, message}  (or status {…}, or error)
 //! ```
 
@@ -32,6 +32,9 @@ pub enum Request {
     /// Re-execute the supervisor's own binary in place (supervisors only):
     /// same pid, children and sockets kept.
     UpgradeSupervisor,
+    /// Apply a new configuration in place: a library process runs its reload
+    /// hook; a supervisor sends its child the reload signal.
+    Reload,
 }
 
 impl Request {
@@ -43,6 +46,7 @@ impl Request {
             Request::Stop => "stop",
             Request::Takeover => "takeover",
             Request::UpgradeSupervisor => "upgrade-supervisor",
+            Request::Reload => "reload",
         }
     }
 
@@ -53,6 +57,7 @@ impl Request {
             Request::Stop,
             Request::Takeover,
             Request::UpgradeSupervisor,
+            Request::Reload,
         ]
         .into_iter()
         .find(|r| r.name() == name)

@@ -87,6 +87,11 @@ impl FreshLoad {
         self.answers.lock().unwrap().iter().any(test)
     }
 
+    /// How many requests have ended so far (answered or failed).
+    pub fn answered(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
     /// Waits until `n` requests begun after `since` have ended.
     pub fn wait_for_answers_after(&self, since: Instant, n: usize) {
         wait_until("answers", Duration::from_secs(60), || {

@@ -43,6 +43,7 @@ use handover_mechanism::protocol::env::read_inheritance;
 mod draining;
 mod orphans;
 mod reexec;
+mod reload;
 mod slot;
 mod upgrade;
 
@@ -402,6 +403,7 @@ impl Supervisor {
                     }
                 }
             }
+            Event::Order(Request::Reload, client) => self.reload(Some(client)),
             Event::Order(Request::UpgradeSupervisor, client) => {
                 self.upgrade_supervisor(Some(client))
             }

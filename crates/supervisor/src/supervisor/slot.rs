@@ -66,6 +66,23 @@ impl Slot {
         }
     }
 
+    /// Why a reload cannot be forwarded now (`None`: it can). Only a child
+    /// that serves alone is told: during an upgrade the new child reads the
+    /// configuration as it starts anyway, and a signal to one of two
+    /// children would leave them disagreeing.
+    pub fn reload_refusal(self) -> Option<String> {
+        match self {
+            Slot::Serving => None,
+            Slot::Upgrading { new } => Some(format!(
+                "an upgrade is under way (new pid {new}): the new child reads its \
+                 configuration as it starts; reload once it is over"
+            )),
+            other => self
+                .upgrade_refusal()
+                .or_else(|| Some(format!("{other:?}"))),
+        }
+    }
+
     /// Whether a crashed child's restart should be scheduled.
     pub fn needs_restart(self) -> bool {
         matches!(self, Slot::Backoff { .. })
@@ -130,6 +147,16 @@ mod tests {
         assert!(said(Slot::Upgrading { new: 3 }).contains("new pid 3"));
         assert!(said(Slot::Starting { new: 4 }).contains("new pid 4"));
         assert!(said(Slot::Backoff { until: None }).contains("being restarted"));
+    }
+
+    #[test]
+    fn a_reload_is_forwarded_only_to_a_child_that_serves_alone() {
+        assert_eq!(Slot::Serving.reload_refusal(), None);
+        let said = |slot: Slot| slot.reload_refusal().unwrap();
+        assert!(said(Slot::Upgrading { new: 3 }).contains("upgrade is under way"));
+        assert!(said(Slot::Starting { new: 4 }).contains("new pid 4"));
+        assert!(said(Slot::Backoff { until: None }).contains("being restarted"));
+        assert!(said(Slot::Stopping).contains("stopping"));
     }
 
     #[test]
