@@ -13,8 +13,9 @@
 //!   its own connections drain as usual;
 //! - a watcher thread waits on a pidfd of the successor (its child after a
 //!   re-exec, any process of the same uid after a takeover);
-//! - if the successor exits inside the window, the old process is current
-//!   again: PID file, systemd `MAINPID` + `READY=1`, the takeover socket, the
+//! - if the successor dies inside the window (killed by a signal, a non-zero
+//!   exit, or — after a takeover, whose successor is not this process's
+//!   child — any exit), the old process is current again: PID file, systemd `MAINPID` + `READY=1`, the takeover socket, the
 //!   phase back to `Serving` and the drain order withdrawn; the successor's
 //!   exit status is logged. [`Handover::after_drain`] then says
 //!   [`AfterDrain::Resume`] and the application accepts again on the sockets
@@ -180,6 +181,15 @@ fn watch(handover: &Handover, successor: Successor, until: Instant) {
         },
         Successor::Other(_) => SuccessorExit::Unknown,
     };
+    if how == SuccessorExit::Exited(0) {
+        // It chose to exit — it was stopped and drained — rather than died:
+        // coming back would undo a stop.
+        return pass(
+            handover,
+            pid,
+            "the successor exited cleanly (stopped, not crashed)",
+        );
+    }
     resume(handover, pid, how);
 }
 

@@ -164,3 +164,21 @@ fn a_successor_killed_after_the_window_finds_the_old_process_gone() {
     assert!(server.live_processes().is_empty());
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
+
+/// A stop of the successor inside the window is a stop, not a crash: it
+/// drains and exits 0, and the old process does not come back (with
+/// `KillMode=mixed`, `systemctl stop` signals only the main process).
+#[test]
+fn a_successor_stopped_on_probation_is_not_taken_for_a_crash() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Server::start("probation-stop", &["--probation", "3s"]);
+    let (old, new) = server.upgrade();
+    signal(new, Signal::TERM);
+    server.wait_exit(new, Duration::from_secs(10));
+    server.wait_exit(old, Duration::from_secs(10));
+    let log = server.log_text();
+    assert!(log.contains("exited cleanly"), "{log}");
+    assert!(!log.contains("serving again"), "{log}");
+    assert!(server.live_processes().is_empty());
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
