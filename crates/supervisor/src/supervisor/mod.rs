@@ -45,6 +45,8 @@ mod orphans;
 mod reexec;
 mod reload;
 mod slot;
+#[cfg(test)]
+mod transitions;
 mod upgrade;
 
 use draining::{Draining, Next, Rescue, Stage};
@@ -146,6 +148,29 @@ struct Supervisor {
     probe_routes: mpsc::UnboundedSender<RouteRequest>,
 }
 
+/// The receiving ends of the event loop's channels (and a sender for the
+/// control server).
+struct Receivers {
+    orders_tx: mpsc::Sender<Order>,
+    orders: mpsc::Receiver<Order>,
+    rescued: mpsc::UnboundedReceiver<rescue::Report>,
+    failures: mpsc::UnboundedReceiver<upgrade::StartFailed>,
+    checks: mpsc::UnboundedReceiver<reexec::Checked>,
+    routes: mpsc::UnboundedReceiver<RouteRequest>,
+}
+
+impl Receivers {
+    fn borrow(&mut self) -> Inbox<'_> {
+        Inbox {
+            orders: &mut self.orders,
+            rescued: &mut self.rescued,
+            failures: &mut self.failures,
+            checks: &mut self.checks,
+            routes: &mut self.routes,
+        }
+    }
+}
+
 /// Everything the event loop hears from besides signals: the control clients
 /// and the tasks it started.
 struct Inbox<'a> {
@@ -165,6 +190,16 @@ struct Start {
     restored: Option<reexec::Carried>,
 }
 
+/// What a [`Supervisor`] owns from the start, besides its configuration.
+struct Parts {
+    listeners: Listeners,
+    fdstore: FdStore,
+    orphans: Vec<Orphan>,
+    /// A copy of the control socket, handed to the new image in a self-upgrade.
+    control_fd: std::os::fd::OwnedFd,
+    image: reexec::Image,
+}
+
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, Error> {
     let image = reexec::Image::current();
@@ -182,22 +217,32 @@ pub async fn run(config: Config) -> Result<i32, Error> {
         }
         None => fresh(&config)?,
     };
-    let (orders_tx, mut orders) = mpsc::channel::<Order>(16);
-    let (rescue_reports, mut rescued) = mpsc::unbounded_channel();
-    let (start_failures, mut failures) = mpsc::unbounded_channel();
-    let (self_checks, mut checks) = mpsc::unbounded_channel();
-    let (probe_routes, mut routes) = mpsc::unbounded_channel();
+    let Start {
+        listeners,
+        fdstore,
+        control,
+        orphans,
+        restored,
+    } = start;
+    let control_path = config.control.clone();
     let control_error = |source| Error::Control {
-        path: config.control.clone(),
+        path: control_path.clone(),
         source,
     };
-    let control_fd = start
-        .control
+    let control_fd = control
         .socket()
         .try_clone_to_owned()
         .map_err(control_error)?;
-    control::serve(start.control, orders_tx).map_err(control_error)?;
-    if let Some(path) = &config.pid_file {
+    let parts = Parts {
+        listeners,
+        fdstore,
+        orphans,
+        control_fd,
+        image,
+    };
+    let (mut supervisor, mut inbox) = Supervisor::new(config, parts);
+    control::serve(control, inbox.orders_tx.clone()).map_err(control_error)?;
+    if let Some(path) = &supervisor.config.pid_file {
         handover_mechanism::pidfile::write(path, std::process::id()).map_err(|source| {
             Error::PidFile {
                 path: path.clone(),
@@ -205,37 +250,8 @@ pub async fn run(config: Config) -> Result<i32, Error> {
             }
         })?;
     }
-    let mut supervisor = Supervisor {
-        upstream: handover_mechanism::notify::Upstream::from_env(),
-        fdstore: start.fdstore,
-        config,
-        listeners: start.listeners,
-        current: None,
-        starting: None,
-        draining: Vec::new(),
-        settling: Vec::new(),
-        rescue_reports,
-        rescue_in_use: rescue::InUse::default(),
-        rescue_refusal_logged: false,
-        next_number: 1,
-        upgrades: VecDeque::new(),
-        crashes: VecDeque::new(),
-        backoff: FIRST_BACKOFF,
-        respawn_at: None,
-        stopping: false,
-        stop_clients: Vec::new(),
-        start_failures,
-        failures_pending: 0,
-        orphans: start.orphans,
-        saved: None,
-        image,
-        control_fd,
-        self_upgrades: VecDeque::new(),
-        self_checks,
-        probe_routes,
-    };
-    let resumed = start.restored.is_some();
-    if let Some(restored) = start.restored {
+    let resumed = restored.is_some();
+    if let Some(restored) = restored {
         supervisor.current = Some(restored.current);
         supervisor.next_number = restored.next_number;
         supervisor.upgrades = restored.upgrades;
@@ -243,18 +259,7 @@ pub async fn run(config: Config) -> Result<i32, Error> {
         supervisor.self_upgrades = restored.self_upgrades;
     }
     supervisor.store_sockets();
-    let result = supervisor
-        .event_loop(
-            resumed,
-            Inbox {
-                orders: &mut orders,
-                rescued: &mut rescued,
-                failures: &mut failures,
-                checks: &mut checks,
-                routes: &mut routes,
-            },
-        )
-        .await;
+    let result = supervisor.event_loop(resumed, inbox.borrow()).await;
     supervisor.cleanup();
     result
 }
@@ -297,6 +302,54 @@ fn fresh(config: &Config) -> Result<Start, Error> {
 }
 
 impl Supervisor {
+    /// A supervisor with no child yet, owning `parts`, and the channels its
+    /// event loop reads.
+    fn new(config: Config, parts: Parts) -> (Supervisor, Receivers) {
+        let (orders_tx, orders) = mpsc::channel::<Order>(16);
+        let (rescue_reports, rescued) = mpsc::unbounded_channel();
+        let (start_failures, failures) = mpsc::unbounded_channel();
+        let (self_checks, checks) = mpsc::unbounded_channel();
+        let (probe_routes, routes) = mpsc::unbounded_channel();
+        let supervisor = Supervisor {
+            upstream: handover_mechanism::notify::Upstream::from_env(),
+            fdstore: parts.fdstore,
+            config,
+            listeners: parts.listeners,
+            current: None,
+            starting: None,
+            draining: Vec::new(),
+            settling: Vec::new(),
+            rescue_reports,
+            rescue_in_use: rescue::InUse::default(),
+            rescue_refusal_logged: false,
+            next_number: 1,
+            upgrades: VecDeque::new(),
+            crashes: VecDeque::new(),
+            backoff: FIRST_BACKOFF,
+            respawn_at: None,
+            stopping: false,
+            stop_clients: Vec::new(),
+            start_failures,
+            failures_pending: 0,
+            orphans: parts.orphans,
+            saved: None,
+            image: parts.image,
+            control_fd: parts.control_fd,
+            self_upgrades: VecDeque::new(),
+            self_checks,
+            probe_routes,
+        };
+        let receivers = Receivers {
+            orders_tx,
+            orders,
+            rescued,
+            failures,
+            checks,
+            routes,
+        };
+        (supervisor, receivers)
+    }
+
     async fn event_loop(&mut self, resumed: bool, inbox: Inbox<'_>) -> Result<i32, Error> {
         let Inbox {
             orders,
