@@ -25,6 +25,10 @@ struct Running {
 
 impl Running {
     fn start() -> Running {
+        Running::start_with_env(&[])
+    }
+
+    fn start_with_env(env: &[(&str, &str)]) -> Running {
         let scratch = Scratch::new("self-upgrade");
         let exe = scratch.path("handover");
         copy_executable(Path::new(HANDOVER), &exe);
@@ -35,6 +39,7 @@ impl Running {
             .args(["--ready", "notify", "--", "python3"])
             .arg(fixture("notify_server.py"))
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(scratch.path("handover.log")).unwrap())
@@ -173,4 +178,57 @@ fn the_supervisor_upgrades_itself_ten_times_under_load_and_refuses_broken_binari
     assert!(answers.len() > 100);
     let output = running.client(&["stop"]);
     assert!(output.status.success(), "{}", text(&output));
+}
+
+/// A new image that cannot take the state over (a fail point in its restore:
+/// the tests' build of `handover` has them, a release has not) runs the
+/// previous image again, which takes the state, serves on and records why:
+/// the command exits 1 with the reason, the pid, child and sockets are the
+/// same, and no request fails. The previous image is the file that was
+/// running, pinned before the switch, even though another file is at its
+/// path by then.
+#[test]
+fn a_new_image_that_cannot_take_the_state_hands_back_to_the_previous_one() {
+    let running = Running::start_with_env(&[(
+        "FAILPOINTS",
+        "supervisor-restore=return(the new image is broken)",
+    )]);
+    let supervisor = running.process.id();
+    let child = running.current();
+    let addr = running.status().unwrap()["sockets"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let began = Instant::now();
+    let load = FreshLoad::start(addr, 2);
+    load.wait_for_answers_after(began, 20);
+
+    for round in 0..3 {
+        running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+        let output = running.client(&["upgrade", "--supervisor"]);
+        let said = text(&output);
+        assert_eq!(output.status.code(), Some(1), "round {round}: {said}");
+        assert!(
+            said.contains("the new image could not go on (the new image is broken)")
+                && said.contains("this one runs again"),
+            "{said}\n{}",
+            running.log()
+        );
+        let status = running.status().unwrap();
+        assert_eq!(status["supervisor_pid"], supervisor);
+        assert_eq!(status["current"]["pid"], child);
+        let records = status["self_upgrades"].as_array().unwrap();
+        assert_eq!(records.len(), round + 1);
+        assert_eq!(records[round]["ok"], false);
+    }
+    let after = Instant::now();
+    load.wait_for_answers_after(after, 20);
+    let answers = load.stop();
+    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    // A child upgrade still works.
+    let output = running.client(&["upgrade"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(running.current(), child);
 }

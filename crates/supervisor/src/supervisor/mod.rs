@@ -202,6 +202,8 @@ struct Parts {
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
 pub async fn run(config: Config) -> Result<i32, Error> {
+    // Fail points from FAILPOINTS, in test builds only (feature `failpoints`).
+    std::mem::forget(fail::FailScenario::setup());
     let image = reexec::Image::current();
     let start = match reexec::take_saved() {
         Some((text, rollback)) => {

@@ -335,6 +335,16 @@ pub(super) fn restore_or_fall_back(
         }
     }
     let restored = adopted
+        .and_then(|()| {
+            // A new image that cannot take the state (tests: the previous
+            // image, run again, passes).
+            if rollback.is_none() {
+                fail::fail_point!("supervisor-restore", |why| Err(
+                    why.unwrap_or_else(|| "fail point".into())
+                ));
+            }
+            Ok(())
+        })
         .and_then(|()| build(config, &saved, &fds))
         .and_then(|restored| {
             if saved.version == STATE_VERSION {
