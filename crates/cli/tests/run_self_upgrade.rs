@@ -21,6 +21,8 @@ struct Running {
     exe: PathBuf,
     pid_file: PathBuf,
     process: Child,
+    /// Every child pid seen, ended at drop even if the supervisor died first.
+    seen: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Running {
@@ -50,6 +52,7 @@ impl Running {
             exe,
             pid_file,
             process,
+            seen: std::sync::Mutex::new(Vec::new()),
         };
         wait_until("the first child", Duration::from_secs(30), || {
             running.status().filter(|s| s["current"].is_object())
@@ -76,7 +79,9 @@ impl Running {
     }
 
     fn current(&self) -> u32 {
-        self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32
+        let pid = self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32;
+        self.seen.lock().unwrap().push(pid);
+        pid
     }
 
     /// Puts `install` at the binary's path the way a deployment does.
@@ -93,7 +98,8 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let children = descendants(self.process.id());
+        let mut children = descendants(self.process.id());
+        children.extend(self.seen.lock().unwrap().iter().copied());
         let _ = self.process.kill();
         let _ = self.process.wait();
         for pid in children {
@@ -231,4 +237,56 @@ fn a_new_image_that_cannot_take_the_state_hands_back_to_the_previous_one() {
     let output = running.client(&["upgrade"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_ne!(running.current(), child);
+}
+
+/// A signal that reaches the new image before it has its handlers (held
+/// here by a 500 ms fail point at the very start of the new image) does not
+/// end it by its default action: the old image held the signals across the
+/// exec, and the new one takes them once it handles them. SIGUSR2 (upgrade)
+/// sent then is carried out afterwards: the child is replaced.
+#[test]
+fn a_signal_during_the_exec_waits_for_the_new_image() {
+    let running = Running::start_with_env(&[("FAILPOINTS", "supervisor-restore-start=sleep(500)")]);
+    let supervisor = running.process.id();
+    let child = running.current();
+    running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+    let upgrade = {
+        let (handover, pid_file) = (HANDOVER, running.pid_file.clone());
+        std::thread::spawn(move || {
+            Command::new(handover)
+                .args(["upgrade", "--supervisor", "--pid-file"])
+                .arg(pid_file)
+                .output()
+                .unwrap()
+        })
+    };
+    // The old image's file was replaced at its path ("… (deleted)"); the new
+    // image's is not.
+    let exe = format!("/proc/{supervisor}/exe");
+    wait_until("the new image to start", Duration::from_secs(10), || {
+        let target = std::fs::read_link(&exe).ok()?;
+        (!target.to_string_lossy().ends_with(" (deleted)")).then_some(())
+    });
+    signal(supervisor, rustix::process::Signal::USR2);
+    let output = upgrade.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output),
+        running.log()
+    );
+    let replaced = wait_until(
+        "the child upgrade USR2 asked for",
+        Duration::from_secs(30),
+        || {
+            let status = running.status()?;
+            (status["current"]["pid"] != child && status["upgrades"].as_array()?.len() == 1)
+                .then_some(status)
+        },
+    );
+    assert_eq!(
+        replaced["supervisor_pid"], supervisor,
+        "the same, living, supervisor"
+    );
+    running.current(); // the new child, ended at drop
 }

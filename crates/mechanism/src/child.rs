@@ -76,6 +76,21 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// Holds `signals` for the calling thread: they wait, pending, until
+/// [`release_signals`]. The mask survives `execve`: a process that
+/// re-executes itself holds the signals it handles, and its new image
+/// releases them once its handlers are in place, so a signal in between is
+/// delivered late rather than killing the process by its default action.
+/// Children started by [`spawn`] begin with an empty mask.
+pub fn hold_signals(signals: &[i32]) -> io::Result<()> {
+    crate::sys::mask_signals(signals, true)
+}
+
+/// Releases what [`hold_signals`] held (and delivers what is pending).
+pub fn release_signals(signals: &[i32]) -> io::Result<()> {
+    crate::sys::mask_signals(signals, false)
+}
+
 /// `program` pinned: its file opened now, and a copy of `program` that runs
 /// that very file (`/proc/self/fd/N`), whatever is at the path by the time
 /// the child execs — a binary swapped in meanwhile cannot start (sozu #515).

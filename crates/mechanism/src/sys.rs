@@ -258,6 +258,36 @@ unsafe fn child_after_fork(
     fail(report)
 }
 
+/// Blocks (`block`) or unblocks `signals` for the calling thread. The mask
+/// survives `execve`, which is why a process that re-executes itself blocks
+/// the signals it handles first: the new image has no handler yet, and a
+/// signal with its default action would end it.
+pub(crate) fn mask_signals(signals: &[i32], block: bool) -> io::Result<()> {
+    // SAFETY: a zeroed sigset_t is a valid value for sigemptyset to fill.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a local sigset_t; sigemptyset/sigaddset only write it.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            if libc::sigaddset(&mut set, signal) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is initialised; the old mask is not asked for (null).
+    let result = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(result))
+    }
+}
+
 /// Attaches the classic BPF `program` to `fd` as socket `option`:
 /// `SO_ATTACH_REUSEPORT_CBPF` (Linux >= 4.5: the program of `fd`'s SO_REUSEPORT
 /// group, replacing it) or `SO_ATTACH_FILTER` (a filter on what `fd` receives).

@@ -190,6 +190,18 @@ struct Start {
     restored: Option<reexec::Carried>,
 }
 
+/// The signals the event loop handles. They are held across a self-upgrade's
+/// exec (the mask survives it) and released once the new image's handlers are
+/// in place: in between, one would end the process by its default action.
+const HANDLED_SIGNALS: [i32; 6] = [
+    libc::SIGHUP,
+    libc::SIGUSR2,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGINT,
+    libc::SIGCHLD,
+];
+
 /// What a [`Supervisor`] owns from the start, besides its configuration.
 struct Parts {
     listeners: Listeners,
@@ -366,6 +378,8 @@ impl Supervisor {
         let mut quit = signal(SignalKind::quit()).map_err(Error::Signal)?;
         let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
         let mut chld = signal(SignalKind::child()).map_err(Error::Signal)?;
+        // Held if this image was exec'd by a self-upgrade: delivered now.
+        handover_mechanism::child::release_signals(&HANDLED_SIGNALS).map_err(Error::Signal)?;
         if resumed {
             // Re-executed: the child serves on. A child that exited during
             // the exec sent its SIGCHLD to nobody: look now.

@@ -205,8 +205,15 @@ impl Supervisor {
                 if let Some((first, rest)) = self.image.args.split_first() {
                     command.arg0(first).args(rest);
                 }
+                // Held until the new image's handlers are in place.
+                if let Err(error) = handover_mechanism::child::hold_signals(&super::HANDLED_SIGNALS)
+                {
+                    return error;
+                }
                 // `_fallback` stays open across the exec: the state names it.
-                command.env(STATE_ENV, text).exec()
+                let error = command.env(STATE_ENV, text).exec();
+                let _ = handover_mechanism::child::release_signals(&super::HANDLED_SIGNALS);
+                error
             }
             Err(error) => error,
         }
@@ -309,6 +316,8 @@ pub(super) fn restore_or_fall_back(
     text: &str,
     rollback: Option<String>,
 ) -> Result<Restored, String> {
+    // The new image before its signal handlers (tests: a pause, to signal it).
+    fail::fail_point!("supervisor-restore-start");
     let saved: Saved = match serde_json::from_str(text) {
         Ok(saved) => saved,
         Err(error) => return Err(format!("the state is unreadable: {error}")),
