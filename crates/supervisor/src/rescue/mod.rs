@@ -69,8 +69,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+pub(crate) use capture::Captured;
+use capture::Held;
 pub(crate) use capture::Target;
-use capture::{Captured, Held};
 use relay::{Limits, Outcome};
 use verdict::Verdict;
 

@@ -1,12 +1,12 @@
 //! An old child after an upgrade, stage by stage, until it exits.
 //!
 //! ```text
-//!  commit ─▶ Probation ──window over──▶ HandingOff ──queue empty / HANDOFF_LIMIT──▶ (take connections)
-//!               │                                                                   │        │
-//!               │ new child exits: rollback,                                  held  ▼        │ none / off
-//!               │ this one is current again                                   Settling ──────┤
-//!               ▼                                                         settled / limit    ▼
-//!            (Current)                                                                    Stopped
+//!  commit ─▶ Probation ──window over──▶ HandingOff ──queue empty / HANDOFF_LIMIT──▶ Capturing ──rescue off──┐
+//!               │                                                                      │ captured         │
+//!               │ new child exits: rollback,                                           ▼ (held or none)   │
+//!               │ this one is current again                                        Settling ──────────────┤
+//!               ▼                                                            settled / limit              ▼
+//!            (Current)                                                                                 Stopped
 //!                         any stage ──drain deadline──▶ Killed
 //! ```
 //!
@@ -17,6 +17,9 @@
 //!   nobody waits for a fresh start-up.
 //! - **HandingOff**: it accepts what was queued for it before the new child was
 //!   ready; the stop signal waits for that, at most [`super::HANDOFF_LIMIT`].
+//! - **Capturing**: its connections are being taken for the keep-alive
+//!   rescue, on a blocking task (it reads `/proc`); the stop signal waits for
+//!   the result (`Event::Captured`), or the drain deadline.
 //! - **Settling**: its connections are held for the keep-alive rescue; the
 //!   stop signal waits until they are between requests (the watch says so), or
 //!   a limit.
@@ -53,6 +56,8 @@ pub(super) enum Stage {
     Probation { until: Instant },
     /// Accepting what was queued for it, until then at most.
     HandingOff { until: Instant },
+    /// Its connections are being taken for the rescue (off the loop).
+    Capturing,
     /// Its connections are held; the stop signal waits until then at most.
     Settling { until: Instant },
     /// The stop signal was sent.
@@ -98,6 +103,7 @@ impl Stage {
             Stage::Probation { .. } => Next::HandOff,
             Stage::HandingOff { until } if queued > 0 && now < until => Next::Wait,
             Stage::HandingOff { .. } => Next::TakeConnections,
+            Stage::Capturing => Next::Wait,
             Stage::Settling { until } if now < until => Next::Wait,
             Stage::Settling { .. } => Next::Stop,
             Stage::Stopped | Stage::Killed => Next::Wait,
@@ -110,7 +116,7 @@ impl Stage {
             Stage::Probation { until } | Stage::Settling { until } => Some(until.min(deadline)),
             // The accept queue is polled: it empties without an event.
             Stage::HandingOff { .. } => Some(Instant::now() + super::HANDOFF_POLL),
-            Stage::Stopped => Some(deadline),
+            Stage::Capturing | Stage::Stopped => Some(deadline),
             Stage::Killed => None,
         }
     }
@@ -191,6 +197,15 @@ mod tests {
     }
 
     #[test]
+    fn a_capture_under_way_waits_for_its_result_or_the_deadline() {
+        let now = Instant::now();
+        let deadline = at(now, 1_000);
+        assert_eq!(Stage::Capturing.next(now, 0, deadline), Next::Wait);
+        assert_eq!(Stage::Capturing.wakes_at(deadline), Some(deadline));
+        assert_eq!(Stage::Capturing.next(deadline, 0, deadline), Next::Kill);
+    }
+
+    #[test]
     fn held_connections_delay_the_stop_until_settled_or_the_limit() {
         let now = Instant::now();
         let stage = Stage::Settling {
@@ -208,6 +223,7 @@ mod tests {
         for stage in [
             Stage::Probation { until: later },
             Stage::HandingOff { until: later },
+            Stage::Capturing,
             Stage::Settling { until: later },
             Stage::Stopped,
         ] {

@@ -5,9 +5,9 @@
 //! Every handler is a plain (not `async`) function: the loop waits only in
 //! its `select!`, never on a control client (replies go into unbounded
 //! channels) or a child's stderr (a failed start's last lines are read by a
-//! task that reports back as `Event::StartFailed`). The one `/proc` scan it
-//! still makes itself is the rescue's capture, just before an old child's
-//! stop signal.
+//! task that reports back as `Event::StartFailed`) or a `/proc` scan (the
+//! rescue's capture of an old child's connections runs on a blocking task and
+//! reports back as `Event::Captured`; see `rescuing.rs`).
 //!
 //! ```text
 //!  start ─▶ Starting(first) ──ready──▶ Current ──crash──▶ (backoff) ─▶ Starting(respawn)
@@ -44,6 +44,7 @@ mod draining;
 mod orphans;
 mod reexec;
 mod reload;
+mod rescuing;
 mod slot;
 #[cfg(test)]
 mod transitions;
@@ -100,6 +101,8 @@ enum Event {
     SelfChecked(reexec::Checked),
     /// A readiness probe asks for (or ends) its connection's route.
     Route(RouteRequest),
+    /// An old child's connections were taken for the rescue (or not).
+    Captured(rescuing::CaptureDone),
     Upgrade,
     Stop {
         fast: bool,
@@ -146,6 +149,8 @@ struct Supervisor {
     self_checks: mpsc::UnboundedSender<reexec::Checked>,
     /// Where readiness probes ask for their connection's route.
     probe_routes: mpsc::UnboundedSender<RouteRequest>,
+    /// Where rescue captures report.
+    captures: mpsc::UnboundedSender<rescuing::CaptureDone>,
 }
 
 /// The receiving ends of the event loop's channels (and a sender for the
@@ -157,6 +162,7 @@ struct Receivers {
     failures: mpsc::UnboundedReceiver<upgrade::StartFailed>,
     checks: mpsc::UnboundedReceiver<reexec::Checked>,
     routes: mpsc::UnboundedReceiver<RouteRequest>,
+    captures: mpsc::UnboundedReceiver<rescuing::CaptureDone>,
 }
 
 impl Receivers {
@@ -167,6 +173,7 @@ impl Receivers {
             failures: &mut self.failures,
             checks: &mut self.checks,
             routes: &mut self.routes,
+            captures: &mut self.captures,
         }
     }
 }
@@ -179,6 +186,7 @@ struct Inbox<'a> {
     failures: &'a mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
     checks: &'a mut mpsc::UnboundedReceiver<reexec::Checked>,
     routes: &'a mut mpsc::UnboundedReceiver<RouteRequest>,
+    captures: &'a mut mpsc::UnboundedReceiver<rescuing::CaptureDone>,
 }
 
 /// What the event loop starts from: fresh, or carried across a self-upgrade.
@@ -324,6 +332,7 @@ impl Supervisor {
         let (start_failures, failures) = mpsc::unbounded_channel();
         let (self_checks, checks) = mpsc::unbounded_channel();
         let (probe_routes, routes) = mpsc::unbounded_channel();
+        let (captures_tx, captures) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             upstream: handover_mechanism::notify::Upstream::from_env(),
             fdstore: parts.fdstore,
@@ -352,6 +361,7 @@ impl Supervisor {
             self_upgrades: VecDeque::new(),
             self_checks,
             probe_routes,
+            captures: captures_tx,
         };
         let receivers = Receivers {
             orders_tx,
@@ -360,6 +370,7 @@ impl Supervisor {
             failures,
             checks,
             routes,
+            captures,
         };
         (supervisor, receivers)
     }
@@ -371,6 +382,7 @@ impl Supervisor {
             failures,
             checks,
             routes,
+            captures,
         } = inbox;
         let mut hup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(Error::Signal)?;
@@ -430,6 +442,7 @@ impl Supervisor {
                 Some(failed) = failures.recv() => Event::StartFailed(failed),
                 Some(checked) = checks.recv() => Event::SelfChecked(checked),
                 Some(route) = routes.recv() => Event::Route(route),
+                Some(captured) = captures.recv() => Event::Captured(captured),
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
             self.handle(event);
@@ -459,6 +472,7 @@ impl Supervisor {
             Event::Rescued(report) => self.rescued(report),
             Event::StartFailed(failed) => self.start_failed(failed),
             Event::SelfChecked(checked) => self.self_checked(checked),
+            Event::Captured(captured) => self.captured(captured),
             Event::Route(route) => {
                 let routed = self.listeners.route_probe(route.source, route.epoch);
                 match route.done {

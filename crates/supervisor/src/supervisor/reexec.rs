@@ -344,16 +344,7 @@ pub(super) fn restore_or_fall_back(
         }
     }
     let restored = adopted
-        .and_then(|()| {
-            // A new image that cannot take the state (tests: the previous
-            // image, run again, passes).
-            if rollback.is_none() {
-                fail::fail_point!("supervisor-restore", |why| Err(
-                    why.unwrap_or_else(|| "fail point".into())
-                ));
-            }
-            Ok(())
-        })
+        .and_then(|()| restore_fault(rollback.as_deref()))
         .and_then(|()| build(config, &saved, &fds))
         .and_then(|restored| {
             if saved.version == STATE_VERSION {
@@ -403,6 +394,18 @@ pub(super) fn restore_or_fall_back(
         }
         Err(why) => Err(why),
     }
+}
+
+/// A new image that cannot take the state: a fail point for the tests (a
+/// no-op without the `failpoints` feature). The previous image, run again,
+/// passes it.
+fn restore_fault(rollback: Option<&str>) -> Result<(), String> {
+    if rollback.is_none() {
+        fail::fail_point!("supervisor-restore", |why| Err(
+            why.unwrap_or_else(|| "fail point".into())
+        ));
+    }
+    Ok(())
 }
 
 fn build(

@@ -31,6 +31,10 @@ struct Harness {
 }
 
 fn harness(probation: Duration) -> Harness {
+    harness_with(probation, None)
+}
+
+fn harness_with(probation: Duration, rescue: Option<crate::rescue::Settings>) -> Harness {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "handover-transitions-{}-{}",
@@ -50,7 +54,7 @@ fn harness(probation: Duration) -> Harness {
         pid_file: None,
         control: dir.join("control.sock"),
         command: vec!["sleep".into(), "30".into()],
-        rescue: None,
+        rescue,
     };
     let mut fdstore = FdStore::new(Upstream(None), None, Vec::new());
     let listeners = Listeners::bind(&config.listen, 1, &mut fdstore).unwrap();
@@ -115,6 +119,15 @@ impl Harness {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.supervisor.handle(Event::ChildExited);
+    }
+
+    /// The rescue capture's report (it reads /proc on a blocking task).
+    async fn captured(&mut self) {
+        let done = tokio::time::timeout(Duration::from_secs(5), self.receivers.captures.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        self.supervisor.handle(Event::Captured(done));
     }
 
     /// The failed start's report (its stderr is read by a task).
@@ -310,4 +323,27 @@ async fn reload_signals_a_child_that_serves_alone_and_is_refused_during_an_upgra
     assert!(ok, "{message}");
     assert_eq!(message, format!("sent SIGHUP to pid {child} (reload)"));
     h.exited(child); // `sleep` dies of SIGHUP: the signal arrived
+}
+
+#[tokio::test]
+async fn with_the_rescue_on_the_old_child_is_stopped_once_its_capture_reports() {
+    let rescue = crate::rescue::Settings {
+        max: 100,
+        idle: Duration::from_secs(1),
+        hold: Duration::ZERO,
+    };
+    let mut h = harness_with(Duration::ZERO, Some(rescue));
+    h.supervisor.start(super::Purpose::First).unwrap();
+    h.supervisor.handle(Event::Ready(Ok(())));
+    let old = h.current();
+    let _client = h.order(Request::Upgrade);
+    h.supervisor.handle(Event::Ready(Ok(())));
+    // The capture runs off the loop; the stop signal waits for it.
+    assert_eq!(h.supervisor.draining[0].stage, Stage::Capturing);
+    assert!(!is_zombie(old));
+    h.captured().await;
+    // `sleep` holds no connection: nothing to rescue, stopped at once.
+    assert_eq!(h.supervisor.draining[0].stage, Stage::Stopped);
+    h.exited(old);
+    assert!(h.supervisor.draining.is_empty());
 }

@@ -3,16 +3,15 @@
 //! for it) or rollback.
 
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use handover_mechanism::notify::NotifyState;
 
-use super::{done, say, Client, Draining, Next, Purpose, Rescue, Stage, Starting, Supervisor};
+use super::{done, say, Client, Draining, Next, Purpose, Stage, Starting, Supervisor};
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
 use crate::config::ReadyMode;
 use crate::generation::Generation;
 use crate::readiness;
-use crate::rescue;
 
 /// A new child that was not committed: why, and the upgrade's client if it
 /// was an upgrade's.
@@ -281,15 +280,9 @@ impl Supervisor {
                                  stopping it anyway"
                             );
                         }
-                        let deadline = draining.deadline;
-                        let held = !self.stopping && self.take_connections(pid, deadline);
-                        let draining = &mut self.draining[at];
-                        draining.stage = if held {
-                            draining.rescue = Rescue::Watching;
-                            // A little longer than the watch waits: its word comes first.
-                            Stage::Settling {
-                                until: Instant::now() + Duration::from_millis(300),
-                            }
+                        let capturing = !self.stopping && self.start_capture(pid);
+                        self.draining[at].stage = if capturing {
+                            Stage::Capturing
                         } else {
                             Stage::Settling { until: now }
                         };
@@ -318,58 +311,6 @@ impl Supervisor {
                         );
                     }
                 }
-            }
-        }
-    }
-
-    /// Takes the old child's client connections for the keep-alive rescue, just
-    /// before it is told to stop, and starts watching them.
-    /// Returns whether any are held (a watch then reports on them).
-    fn take_connections(&mut self, pid: u32, deadline: Instant) -> bool {
-        let Some(settings) = self.config.rescue else {
-            return false;
-        };
-        let targets = self.listeners.rescue_targets();
-        let started = Instant::now();
-        match rescue::capture(pid, &targets, settings, &self.rescue_in_use) {
-            Ok(None) => {
-                if let Some(draining) = self.draining.iter_mut().find(|d| d.generation.pid() == pid)
-                {
-                    draining.rescue = Rescue::Done(rescue::Counts::default());
-                }
-                false
-            }
-            Ok(Some(captured)) => {
-                tracing::info!(
-                    pid,
-                    held = captured.held.len(),
-                    took = ?started.elapsed(),
-                    "holding the old child's connections for rescue"
-                );
-                let reports = self.rescue_reports.clone();
-                tokio::spawn(rescue::watch(
-                    pid,
-                    captured,
-                    targets,
-                    settings,
-                    deadline,
-                    self.rescue_in_use.clone(),
-                    reports,
-                ));
-                true
-            }
-            Err(why) => {
-                if std::mem::replace(&mut self.rescue_refusal_logged, true) {
-                    tracing::debug!(pid, %why, "no keep-alive rescue");
-                } else {
-                    tracing::warn!(
-                        pid,
-                        %why,
-                        "no keep-alive rescue (logged once): the old child's idle connections \
-                         close as it decides"
-                    );
-                }
-                false
             }
         }
     }
