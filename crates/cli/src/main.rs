@@ -37,7 +37,7 @@ enum Command {
     Upgrade(supervise::UpgradeArgs),
     /// Show a running supervisor's children, sockets and last upgrades, or a
     /// library process's state.
-    Status(supervise::ClientArgs),
+    Status(supervise::StatusArgs),
     /// Stop the server gracefully (then the supervisor).
     Stop(supervise::ClientArgs),
     /// Apply a new configuration in place: a library process runs its reload
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Command::Run(args) => supervise::run(args),
         Command::Upgrade(args) if args.supervisor => supervise::upgrade_supervisor(args.client),
         Command::Upgrade(args) => supervise::client(Request::Upgrade, args.client),
-        Command::Status(args) => supervise::client(Request::Status, args),
+        Command::Status(args) => supervise::status(args),
         Command::Stop(args) => supervise::client(Request::Stop, args),
         Command::Reload(args) => supervise::client(Request::Reload, args),
         Command::SupervisorStateVersion => {

@@ -89,6 +89,41 @@ pub struct UpgradeArgs {
     pub client: ClientArgs,
 }
 
+/// `handover status`: where, and in which form.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// `human` (the default), `json` (as --json), or `prometheus`: the
+    /// counters (upgrades, rollbacks, drains, restarts, …) in the Prometheus
+    /// text format, for a scraper (node-exporter's textfile collector, a
+    /// sidecar).
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+}
+
+/// What `handover status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For a person.
+    Human,
+    /// JSON lines.
+    Json,
+    /// The Prometheus text format.
+    Prometheus,
+}
+
+/// `handover status` in the form asked for.
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.client;
+    match args.format {
+        Format::Prometheus => return self::client(Request::Metrics, client),
+        Format::Json => client.json = true,
+        Format::Human => {}
+    }
+    self::client(Request::Status, client)
+}
+
 /// Where to find a running supervisor or library process.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
@@ -165,7 +200,9 @@ pub fn client(request: Request, args: ClientArgs) -> anyhow::Result<ExitCode> {
     let patience = Duration::from_secs(24 * 3600);
     let last = control::request(&path, request, patience, |reply| print(reply, json));
     Ok(match last {
-        Ok(Reply::Done { ok: true, .. } | Reply::Status(_)) => ExitCode::SUCCESS,
+        Ok(Reply::Done { ok: true, .. } | Reply::Status(_) | Reply::Metrics(_)) => {
+            ExitCode::SUCCESS
+        }
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {
             let message = match &error {
@@ -265,6 +302,7 @@ fn print(reply: &Reply, json: bool) {
                 status.insert("event".into(), "status".into());
                 serde_json::Value::Object(status)
             }
+            Reply::Metrics(text) => serde_json::json!({"event": "metrics", "text": text}),
         };
         println!("{line}");
         return;
@@ -272,6 +310,7 @@ fn print(reply: &Reply, json: bool) {
     match reply {
         Reply::Progress(message) | Reply::Done { ok: true, message } => println!("{message}"),
         Reply::Done { ok: false, message } => eprintln!("{message}"),
+        Reply::Metrics(text) => print!("{text}"),
         Reply::Status(status) => {
             let value = serde_json::Value::Object(status.clone());
             match serde_json::from_value::<Status>(value) {

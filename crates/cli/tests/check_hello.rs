@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use check_support::{check, Scratch};
+use handover_testkit::parse_prometheus;
 use rustix::process::{Pid, Signal, WaitOptions};
 
 /// Builds `hello` next to the `handover` binary and returns its path.
@@ -272,7 +273,8 @@ fn check_reports_every_connection_kept_across_upgrades_of_a_migrating_hello() {
 
 /// `handover reload --socket` runs a library process's reload hook and
 /// reports it: exit 0 with its message, or exit 1 with why the new
-/// configuration was refused (and the old one serves on).
+/// configuration was refused (and the old one serves on); `handover status
+/// --format prometheus --socket` counts both.
 #[test]
 fn handover_reload_reports_what_a_library_process_hook_said() {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
@@ -329,4 +331,23 @@ fn handover_reload_reports_what_a_library_process_hook_said() {
         "{said}"
     );
     assert!(greets("bonjour"), "the old greeting serves on");
+
+    // And the process's counters saw both.
+    let output = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .args(["status", "--format", "prometheus", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let samples = parse_prometheus(&text);
+    assert_eq!(
+        samples["handover_reloads_total{result=\"ok\"}"], 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        samples["handover_reloads_total{result=\"refused\"}"], 1.0,
+        "{text}"
+    );
 }

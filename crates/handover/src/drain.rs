@@ -184,24 +184,30 @@ impl ConnectionTracker {
     /// Blocks until no connection is left or `deadline` passes; returns how many
     /// are still open (0 unless the deadline was reached).
     pub fn wait_idle(&self, deadline: Instant) -> usize {
-        match self
+        let started = Instant::now();
+        let left = match self
             .count
             .wait_until(Some(deadline), |n| (*n == 0).then_some(()))
         {
             Some(()) => 0,
             None => self.active(),
-        }
+        };
+        crate::metrics::get().drained(started.elapsed(), left);
+        left
     }
 
     /// Waits until no connection is left or `deadline` passes; returns how many
     /// are still open (0 unless the deadline was reached).
     #[cfg(feature = "tokio")]
     pub async fn idle(&self, deadline: Instant) -> usize {
+        let started = Instant::now();
         let idle = self.count.wait_for(|n| (*n == 0).then_some(()));
-        match tokio::time::timeout_at(deadline.into(), idle).await {
+        let left = match tokio::time::timeout_at(deadline.into(), idle).await {
             Ok(()) => 0,
             Err(_) => self.active(),
-        }
+        };
+        crate::metrics::get().drained(started.elapsed(), left);
+        left
     }
 }
 

@@ -53,6 +53,7 @@ mod builder;
 mod drain;
 mod error;
 mod handover;
+pub mod metrics;
 pub mod migration;
 pub mod probation;
 pub mod reload;

@@ -234,6 +234,7 @@ fn pass(handover: &Handover, pid: u32, why: &str) {
 /// The successor died on probation: this process is current again.
 fn resume(handover: &Handover, pid: u32, how: SuccessorExit) {
     let inner = &*handover.inner;
+    crate::metrics::get().rollback();
     let mut phase = inner.phase();
     if inner.stop_asked() {
         drop(phase);

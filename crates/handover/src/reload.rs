@@ -116,6 +116,7 @@ impl Handover {
                 inner.upstream.notify(&[NotifyState::Ready]);
             }
         }
+        crate::metrics::get().reload(outcome.is_ok());
         match &outcome {
             Ok(message) => tracing::info!(%message, "reloaded"),
             Err(error) => tracing::error!(%error, "reload failed"),

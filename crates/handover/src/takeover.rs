@@ -47,6 +47,7 @@ use handover_wire::{batch, hello, state, Message};
 use sd_notify::NotifyState;
 
 use crate::handover::Inner;
+use crate::metrics::{Mode, Outcome};
 use crate::upgrade::{drain_for, name_main, Phase};
 use crate::{Error, Handover, Result};
 use handover_mechanism::protocol::env::InheritedFd;
@@ -298,6 +299,7 @@ fn answer(handover: &Handover, channel: &Channel, listener: BorrowedFd<'_>, path
             return take_over_by(handover, channel, &agreement, listener, pid, path)
         }
         Request::Status => Reply::Status(status(handover)),
+        Request::Metrics => Reply::Metrics(handover.metrics()),
         Request::Reload => match handover.reload() {
             Ok(message) => Reply::Done {
                 ok: true,
@@ -382,6 +384,7 @@ fn take_over_by(
     pid: u32,
     path: &Path,
 ) {
+    let started = Instant::now();
     let inner = &*handover.inner;
     {
         let mut phase = inner.phase();
@@ -397,6 +400,7 @@ fn take_over_by(
             drop(phase);
             tracing::warn!(peer = pid, %why, "takeover refused");
             control::refuse_after_reading(channel, &handover_wire::Error::Busy(why));
+            crate::metrics::get().upgrade(Mode::Takeover, Outcome::Refused, None);
             return;
         }
         *phase = Phase::Upgrading { successor: pid };
@@ -430,7 +434,10 @@ fn take_over_by(
         Ok(give)
     });
     if handed.is_ok() {
+        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Ok, Some(started.elapsed()));
         crate::probation::start(handover, crate::probation::Successor::Other(pid));
+    } else {
+        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Failed, None);
     }
     match handed {
         // This thread sends the connections, on the same channel.

@@ -86,16 +86,23 @@ impl Handover {
     /// why. Blocks for up to the ready timeout; from async code use
     /// `upgrade_async` (feature `tokio`).
     pub fn upgrade(&self) -> Result<u32> {
+        use crate::metrics::{Mode, Outcome};
         let inner = &*self.inner;
+        let started = Instant::now();
         {
             let mut phase = inner.phase();
-            match *phase {
-                Phase::Serving => *phase = Phase::Upgrading { successor: 0 },
-                Phase::Starting => return Err(Error::NotReady),
-                Phase::Upgrading { successor } => return Err(Error::UpgradeInProgress(successor)),
-                Phase::Reloading => return Err(Error::ReloadInProgress),
-                Phase::Draining(reason) => return Err(Error::Draining(reason)),
+            let refusal = match *phase {
+                Phase::Serving => None,
+                Phase::Starting => Some(Error::NotReady),
+                Phase::Upgrading { successor } => Some(Error::UpgradeInProgress(successor)),
+                Phase::Reloading => Some(Error::ReloadInProgress),
+                Phase::Draining(reason) => Some(Error::Draining(reason)),
+            };
+            if let Some(error) = refusal {
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Refused, None);
+                return Err(error);
             }
+            *phase = Phase::Upgrading { successor: 0 };
         }
         tracing::info!(program = %inner.program.path.display(), "upgrade: starting successor");
         inner
@@ -104,10 +111,12 @@ impl Handover {
         match run(inner) {
             Ok(successor) => {
                 let pid = successor.pid();
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Ok, Some(started.elapsed()));
                 crate::probation::start(self, crate::probation::Successor::Child(successor));
                 Ok(pid)
             }
             Err(error) => {
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Failed, None);
                 let mut phase = inner.phase();
                 if matches!(*phase, Phase::Upgrading { .. }) {
                     *phase = Phase::Serving;

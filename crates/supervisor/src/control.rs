@@ -36,6 +36,8 @@ pub enum Request {
     UpgradeSupervisor,
     /// Send the current child the reload signal.
     Reload,
+    /// The counters, in the Prometheus text format.
+    Metrics,
 }
 
 /// What the supervisor answers (one or more per request).
@@ -56,6 +58,8 @@ pub enum Reply {
     },
     /// The answer to `status`.
     Status(Box<Status>),
+    /// The answer to `metrics`: the Prometheus text format.
+    Metrics(String),
 }
 
 impl Reply {
@@ -66,6 +70,7 @@ impl Reply {
                 ok: *ok,
                 message: message.clone(),
             },
+            Reply::Metrics(text) => WireReply::Metrics(text.clone()),
             Reply::Status(status) => match serde_json::to_value(status) {
                 Ok(serde_json::Value::Object(map)) => WireReply::Status(map),
                 _ => WireReply::Done {
@@ -142,6 +147,7 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
         WireRequest::Stop => Request::Stop,
         WireRequest::UpgradeSupervisor => Request::UpgradeSupervisor,
         WireRequest::Reload => Request::Reload,
+        WireRequest::Metrics => Request::Metrics,
         WireRequest::Takeover => {
             channel.refuse(&handover_wire::Error::Unexpected(
                 "this is a supervisor's control socket: it hands its sockets to its own \

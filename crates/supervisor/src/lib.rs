@@ -29,6 +29,7 @@ pub mod error;
 pub mod fdstore;
 mod generation;
 mod listeners;
+mod metrics;
 pub mod ownership;
 mod readiness;
 pub mod recovery;

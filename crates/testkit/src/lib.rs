@@ -262,3 +262,31 @@ pub fn fds_at_rest(pid: u32) -> Vec<(u32, String)> {
         (fds_of(pid) == before).then_some(before)
     })
 }
+
+/// Parses the Prometheus text format (what `handover status --format
+/// prometheus` prints) into `name{labels}` → value. Comments and `# EOF` are
+/// skipped; any other line that is not a sample panics, so a test that reads
+/// metrics also checks their syntax.
+pub fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a value: {line:?}"));
+        assert!(
+            series
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_'),
+            "not a metric name: {line:?}"
+        );
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}

@@ -6,7 +6,7 @@
 //!  client                                  server
 //!   │ hello ───────────────────────────────▶ peer check, version
 //!   │ ◀───────────────────────────── welcome
-//!   │ command {"status"|"upgrade"|"stop"|"reload"|"takeover"|"upgrade-supervisor"} ─▶
+//!   │ command {"status"|"metrics"|"upgrade"|"stop"|"reload"|"takeover"|"upgrade-supervisor"} ─▶
 //!   │ ◀── progress … ◀── done {ok, message}  (or status {…}, or error)
 //! ```
 
@@ -35,6 +35,8 @@ pub enum Request {
     /// Apply a new configuration in place: a library process runs its reload
     /// hook; a supervisor sends its child the reload signal.
     Reload,
+    /// The process's counters, in the Prometheus text format.
+    Metrics,
 }
 
 impl Request {
@@ -47,6 +49,7 @@ impl Request {
             Request::Takeover => "takeover",
             Request::UpgradeSupervisor => "upgrade-supervisor",
             Request::Reload => "reload",
+            Request::Metrics => "metrics",
         }
     }
 
@@ -58,6 +61,7 @@ impl Request {
             Request::Takeover,
             Request::UpgradeSupervisor,
             Request::Reload,
+            Request::Metrics,
         ]
         .into_iter()
         .find(|r| r.name() == name)
@@ -78,6 +82,8 @@ pub enum Reply {
     },
     /// The answer to `status`.
     Status(serde_json::Map<String, serde_json::Value>),
+    /// The answer to `metrics`: the Prometheus text format.
+    Metrics(String),
 }
 
 impl Reply {
@@ -98,6 +104,7 @@ impl Reply {
             Reply::Status(status) => Message::Status {
                 status: status.clone(),
             },
+            Reply::Metrics(text) => Message::Metrics { text: text.clone() },
         }
     }
 }
@@ -141,6 +148,7 @@ pub fn request(
             Message::Progress { message } => Reply::Progress(message),
             Message::Done { ok, message } => Reply::Done { ok, message },
             Message::Status { status } => Reply::Status(status),
+            Message::Metrics { text } => Reply::Metrics(text),
             other => {
                 return Err(Error::Unexpected(format!(
                     "{other:?} in reply to a command"

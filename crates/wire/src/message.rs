@@ -36,6 +36,8 @@ pub const MAX_FDS: usize = 252;
 pub const MAX_NAME: usize = 255;
 /// Longest error text.
 pub const MAX_TEXT: usize = 4096;
+/// Longest metrics text (the answer to `metrics`), well inside a record.
+pub const MAX_METRICS: usize = 60 * 1024;
 /// Most capabilities offered, and the longest one.
 pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability name.
@@ -142,6 +144,11 @@ pub enum Message {
         /// Its fields depend on the kind of process (library or supervisor).
         status: serde_json::Map<String, serde_json::Value>,
     },
+    /// The answer to `metrics`: counters in the Prometheus text format.
+    Metrics {
+        /// The exposition, as a scraper reads it.
+        text: String,
+    },
     /// The new process takes connections: at most `room` more descriptors.
     Room {
         /// Descriptors it can still install.
@@ -183,7 +190,7 @@ pub struct Connection {
 }
 
 /// The types this version knows, for telling "unknown" from "malformed".
-const KNOWN: [&str; 15] = [
+const KNOWN: [&str; 16] = [
     "hello",
     "welcome",
     "error",
@@ -196,6 +203,7 @@ const KNOWN: [&str; 15] = [
     "progress",
     "done",
     "status",
+    "metrics",
     "room",
     "connections",
     "taken",
@@ -294,6 +302,9 @@ impl Message {
             {
                 bad("a text too long".into())
             }
+            Message::Metrics { text } if text.len() > MAX_METRICS => {
+                bad("a metrics text too long".into())
+            }
             Message::Connections { connections, .. } => {
                 if connections.is_empty() || connections.len() > MAX_FDS {
                     return bad(format!(
@@ -314,7 +325,8 @@ impl Message {
             | Message::Command { .. }
             | Message::Progress { .. }
             | Message::Done { .. }
-            | Message::Status { .. } => Ok(()),
+            | Message::Status { .. }
+            | Message::Metrics { .. } => Ok(()),
         }
     }
 }
@@ -416,6 +428,9 @@ mod tests {
             },
             Message::Status {
                 status: serde_json::from_str(r#"{"pid":9,"phase":"serving"}"#).unwrap(),
+            },
+            Message::Metrics {
+                text: "# TYPE x counter\nx_total 1\n# EOF\n".into(),
             },
             Message::Room { room: 1000 },
             Message::Connections {

@@ -221,6 +221,7 @@ fn send_all(give: &Give, channel: &Channel) -> Result<String, handover_wire::Err
         }
         moved += took;
         kept += count - took;
+        crate::metrics::get().migrated(crate::metrics::Direction::Out, took);
         tracing::info!(
             batch,
             taken = took,

@@ -94,6 +94,7 @@ impl Inboxes {
                     return Err(migrant);
                 }
                 inbox.waiting.push_back(migrant);
+                crate::metrics::get().migrated(crate::metrics::Direction::In, 1);
                 Ok(())
             }),
             None => Err(migrant),

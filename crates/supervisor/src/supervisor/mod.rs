@@ -487,6 +487,9 @@ impl Supervisor {
                 }
             }
             Event::Order(Request::Reload, client) => self.reload(Some(client)),
+            Event::Order(Request::Metrics, client) => {
+                let _ = client.send(Reply::Metrics(crate::metrics::get().encode()));
+            }
             Event::Order(Request::UpgradeSupervisor, client) => {
                 self.upgrade_supervisor(Some(client))
             }
@@ -536,6 +539,7 @@ impl Supervisor {
                 );
                 tracing::error!(%message);
                 push(&mut self.crashes, false, message);
+                crate::metrics::get().restart();
                 self.schedule_respawn();
             }
         }
@@ -570,7 +574,7 @@ impl Supervisor {
         );
         tracing::error!(%message);
         push(&mut self.crashes, false, message.clone());
-        self.record_upgrade(false, message.clone());
+        self.record_upgrade("rolled_back", message.clone());
         done(&old.client, false, format!("upgrade failed: {message}"));
         self.current = Some(old.generation);
         self.release_unused_epochs();
@@ -594,6 +598,7 @@ impl Supervisor {
                         status.to_string()
                     };
                     tracing::info!(pid, %how, "old child gone");
+                    crate::metrics::get().drained(took);
                     let settling = Settling {
                         pid,
                         how,
@@ -649,6 +654,7 @@ impl Supervisor {
             }
             rescue::Report::Done { pid, counts } => (pid, counts),
         };
+        crate::metrics::get().rescue(&counts);
         if let Some(record) = self
             .upgrades
             .iter_mut()
@@ -761,8 +767,10 @@ impl Supervisor {
         self.upstream.notify(states);
     }
 
-    fn record_upgrade(&mut self, ok: bool, message: String) {
-        push(&mut self.upgrades, ok, message);
+    /// Records an upgrade's end: `result` is `ok`, `failed` or `rolled_back`.
+    fn record_upgrade(&mut self, result: &'static str, message: String) {
+        crate::metrics::get().upgrade(result);
+        push(&mut self.upgrades, result == "ok", message);
     }
 
     fn status(&self) -> Status {

@@ -187,6 +187,7 @@ impl Supervisor {
     fn self_upgrade_failed(&mut self, client: &Client, message: String) {
         tracing::warn!(%message, "self-upgrade");
         push(&mut self.self_upgrades, false, message.clone());
+        crate::metrics::get().self_upgrade("refused");
         done(client, false, format!("supervisor upgrade {message}"));
     }
 
@@ -361,12 +362,14 @@ pub(super) fn restore_or_fall_back(
                         "failed: the new image could not go on ({why}); this one runs again"
                     );
                     push(&mut restored.carried.self_upgrades, false, message.clone());
+                    crate::metrics::get().self_upgrade("failed");
                     message
                 }
                 None => {
                     let message =
                         format!("supervisor re-executed {}", Image::current().exe.display());
                     push(&mut restored.carried.self_upgrades, true, message.clone());
+                    crate::metrics::get().self_upgrade("ok");
                     message
                 }
             };

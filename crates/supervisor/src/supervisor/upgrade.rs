@@ -101,6 +101,7 @@ impl Supervisor {
         };
         if let Some(message) = refusal {
             tracing::warn!(%message, "upgrade refused");
+            crate::metrics::get().upgrade("refused");
             done(&client, false, format!("upgrade refused: {message}"));
             return;
         }
@@ -144,6 +145,7 @@ impl Supervisor {
             Purpose::Upgrade { client } => {
                 // First thing: from now on new connections go to the new child.
                 self.steer_to(generation.epoch);
+                crate::metrics::get().ready_after(took);
                 say(
                     &client,
                     format!("new pid {pid} ready after {:.2}s", took.as_secs_f64()),
@@ -153,7 +155,7 @@ impl Supervisor {
                     Some(old) => {
                         let old_pid = old.pid();
                         self.record_upgrade(
-                            true,
+                            "ok",
                             format!(
                                 "pid {old_pid} → {pid}, ready after {:.2}s",
                                 took.as_secs_f64()
@@ -184,7 +186,7 @@ impl Supervisor {
                     None => {
                         self.release_unused_epochs();
                         self.record_upgrade(
-                            true,
+                            "ok",
                             format!("pid {pid} ready (the old child had exited)"),
                         );
                         done(&client, true, format!("new pid {pid} serving"));
@@ -242,7 +244,7 @@ impl Supervisor {
     /// Records a failed upgrade and tells the client and systemd; the old child
     /// was never touched.
     fn upgrade_failed(&mut self, client: &Client, message: String) {
-        self.record_upgrade(false, message.clone());
+        self.record_upgrade("failed", message.clone());
         let reply = format!("upgrade failed: {message}\nthe old child keeps serving");
         done(client, false, reply);
         self.notify_upstream(&[NotifyState::Ready]);
@@ -300,6 +302,7 @@ impl Supervisor {
                     Next::Kill => {
                         let draining = &mut self.draining[at];
                         draining.stage = Stage::Killed;
+                        crate::metrics::get().killed_at_deadline();
                         tracing::warn!(
                             pid,
                             "old child still running at the drain deadline; killing it"

@@ -1,0 +1,235 @@
+//! The counters a user alerts on, in the Prometheus text format: what
+//! `handover status --format prometheus --socket PATH` prints for a library
+//! process (the takeover socket's `metrics` command), and what
+//! [`Handover::metrics`](crate::Handover::metrics) returns.
+//!
+//! | metric | type | labels | counts |
+//! |---|---|---|---|
+//! | `handover_upgrades_total` | counter | `mode` (`reexec`, `takeover`), `result` (`ok`, `failed`, `refused`) | upgrades this process started or was asked for: committed, rolled back (the successor died, hung, was not ready), or refused (one under way, not ready, draining) |
+//! | `handover_rollbacks_total` | counter | | successors that died on probation, after which this process served again |
+//! | `handover_upgrade_duration_seconds` | histogram | `mode` | from the upgrade's start to its commit (the successor's start-up, mostly) |
+//! | `handover_drain_duration_seconds` | histogram | | a drain: from the wait's start until no connection is left, or the deadline |
+//! | `handover_connections_closed_at_deadline_total` | counter | | connections still open at a drain deadline, and closed |
+//! | `handover_connections_migrated_total` | counter | `direction` (`out`, `in`) | live connections handed to a successor / received from a predecessor |
+//! | `handover_reloads_total` | counter | `result` (`ok`, `refused`) | reloads in place |
+//!
+//! Decisions. The counters are the process's, from its start: a new version
+//! starts again from 0, which Prometheus's `rate()` reads as a counter reset
+//! (as after any restart). They are one set per process (a `static`), since
+//! they describe the process, not one [`Handover`](crate::Handover) handle.
+//! They are served over the control socket and not an HTTP listener of their
+//! own: no port to open, secure and hand over; a scraper reads them with
+//! `handover status --format prometheus` (node-exporter's textfile collector,
+//! a sidecar), and the application may serve [`Handover::metrics`](crate::Handover::metrics) on its
+//! own HTTP routes. The encoding is the `prometheus-client` crate's.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// How an upgrade reached this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `upgrade()`: this process started its successor.
+    Reexec,
+    /// A new process took the sockets over the takeover socket.
+    Takeover,
+}
+
+impl Mode {
+    /// The label value: what the table in the module docs says.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Reexec => "reexec",
+            Mode::Takeover => "takeover",
+        }
+    }
+}
+
+/// How an upgrade ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed: the successor serves.
+    Ok,
+    /// Rolled back: this process serves on.
+    Failed,
+    /// Not started: another was under way, or this process could not.
+    Refused,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabels {
+    mode: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: &'static str,
+}
+
+/// Which way a migrated connection went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Out,
+    In,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// This process's counters.
+pub(crate) struct Metrics {
+    registry: Registry,
+    upgrades: Family<UpgradeLabels, Counter>,
+    rollbacks: Counter,
+    upgrade_duration: Family<ModeLabel, Histogram>,
+    drain_duration: Histogram,
+    closed_at_deadline: Counter,
+    migrated: Family<DirectionLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+/// Buckets for durations from 10 ms to about 3 minutes.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("handover");
+        let upgrades = Family::<UpgradeLabels, Counter>::default();
+        registry.register("upgrades", "Upgrades by mode and result", upgrades.clone());
+        let rollbacks = Counter::default();
+        registry.register(
+            "rollbacks",
+            "Successors that died on probation; this process served again",
+            rollbacks.clone(),
+        );
+        let upgrade_duration =
+            Family::<ModeLabel, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register(
+            "upgrade_duration_seconds",
+            "From an upgrade's start to its commit",
+            upgrade_duration.clone(),
+        );
+        let drain_duration = seconds();
+        registry.register(
+            "drain_duration_seconds",
+            "Drains: until no connection was left, or the deadline",
+            drain_duration.clone(),
+        );
+        let closed_at_deadline = Counter::default();
+        registry.register(
+            "connections_closed_at_deadline",
+            "Connections still open at a drain deadline, closed then",
+            closed_at_deadline.clone(),
+        );
+        let migrated = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "connections_migrated",
+            "Live connections handed to a successor (out) or received (in)",
+            migrated.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("reloads", "Reloads in place by result", reloads.clone());
+        Metrics {
+            registry,
+            upgrades,
+            rollbacks,
+            upgrade_duration,
+            drain_duration,
+            closed_at_deadline,
+            migrated,
+            reloads,
+        }
+    }
+
+    /// The exposition, in the Prometheus (OpenMetrics) text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    pub(crate) fn upgrade(&self, mode: Mode, result: Outcome, took: Option<Duration>) {
+        let (mode, result) = (mode.label(), result.label());
+        self.upgrades
+            .get_or_create(&UpgradeLabels { mode, result })
+            .inc();
+        if let Some(took) = took {
+            self.upgrade_duration
+                .get_or_create(&ModeLabel { mode })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn rollback(&self) {
+        self.rollbacks.inc();
+    }
+
+    pub(crate) fn drained(&self, took: Duration, left: usize) {
+        self.drain_duration.observe(took.as_secs_f64());
+        self.closed_at_deadline.inc_by(left as u64);
+    }
+
+    pub(crate) fn migrated(&self, direction: Direction, count: usize) {
+        self.migrated
+            .get_or_create(&DirectionLabel {
+                direction: direction.label(),
+            })
+            .inc_by(count as u64);
+    }
+
+    pub(crate) fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+/// This process's counters.
+pub(crate) fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl crate::Handover {
+    /// This process's counters in the Prometheus text format (see
+    /// [`crate::metrics`](mod@crate::metrics)), e.g. to serve on a route of
+    /// the application's own.
+    pub fn metrics(&self) -> String {
+        get().encode()
+    }
+}

@@ -1,0 +1,180 @@
+//! The supervisor's counters, in the Prometheus text format: what `handover
+//! status --format prometheus` prints (the control socket's `metrics`
+//! command).
+//!
+//! | metric | type | labels | counts |
+//! |---|---|---|---|
+//! | `handover_upgrades_total` | counter | `result`: `ok` (committed: the new child was ready), `failed` (it exited, was not ready, could not start), `refused` (one under way, `--max-draining`, stopping) | child upgrades |
+//! | `handover_rollbacks_total` | counter | | committed upgrades whose new child died on probation, the old one serving again (counted as `ok` above too: they were committed) |
+//! | `handover_child_restarts_total` | counter | | current children that crashed and were restarted |
+//! | `handover_upgrade_duration_seconds` | histogram | | an upgrade's new child, its start to its readiness (the hand-over; first starts and restarts are not counted) |
+//! | `handover_drain_duration_seconds` | histogram | | an old child's replacement to its exit |
+//! | `handover_children_killed_at_deadline_total` | counter | | old children still running at the drain deadline, SIGKILLed |
+//! | `handover_rescue_connections_total` | counter | `outcome`: `released`, `rescued`, `lost`, `not_held` | the keep-alive rescue's connections (see `rescue::Counts`) |
+//! | `handover_self_upgrades_total` | counter | `result`: `ok`, `failed` (the previous image ran again), `refused` | `handover upgrade --supervisor` |
+//!
+//! Decisions. One set per process (a `static`): they describe the
+//! supervisor process. A self-upgrade is a new image, and its counters start
+//! from 0 (but `handover_self_upgrades_total` counts the switch that started
+//! it): Prometheus's `rate()` reads that as a counter reset, as after any
+//! restart, and the history in `handover status` is carried over. No HTTP
+//! listener: the control socket is already there and permissioned; a scraper
+//! runs `handover status --format prometheus` (node-exporter's textfile
+//! collector, a sidecar).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// The supervisor's counters.
+pub(crate) struct Metrics {
+    registry: Registry,
+    upgrades: Family<ResultLabel, Counter>,
+    rollbacks: Counter,
+    restarts: Counter,
+    upgrade_duration: Histogram,
+    drain_duration: Histogram,
+    killed: Counter,
+    rescue: Family<OutcomeLabel, Counter>,
+    self_upgrades: Family<ResultLabel, Counter>,
+}
+
+/// Buckets for durations from 10 ms to about 3 minutes.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("handover");
+        let upgrades = Family::<ResultLabel, Counter>::default();
+        registry.register("upgrades", "Child upgrades by result", upgrades.clone());
+        let rollbacks = Counter::default();
+        registry.register(
+            "rollbacks",
+            "New children that died on probation; the old one served again",
+            rollbacks.clone(),
+        );
+        let restarts = Counter::default();
+        registry.register(
+            "child_restarts",
+            "Current children that crashed and were restarted",
+            restarts.clone(),
+        );
+        let upgrade_duration = seconds();
+        registry.register(
+            "upgrade_duration_seconds",
+            "An upgrade's new child, its start to its readiness",
+            upgrade_duration.clone(),
+        );
+        let drain_duration = seconds();
+        registry.register(
+            "drain_duration_seconds",
+            "An old child's replacement to its exit",
+            drain_duration.clone(),
+        );
+        let killed = Counter::default();
+        registry.register(
+            "children_killed_at_deadline",
+            "Old children still running at the drain deadline, killed",
+            killed.clone(),
+        );
+        let rescue = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "rescue_connections",
+            "The keep-alive rescue's connections by outcome",
+            rescue.clone(),
+        );
+        let self_upgrades = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "self_upgrades",
+            "Supervisor self-upgrades by result",
+            self_upgrades.clone(),
+        );
+        Metrics {
+            registry,
+            upgrades,
+            rollbacks,
+            restarts,
+            upgrade_duration,
+            drain_duration,
+            killed,
+            rescue,
+            self_upgrades,
+        }
+    }
+
+    /// The exposition, in the Prometheus (OpenMetrics) text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// An upgrade ended `result` (`ok`, `failed`, `refused`), or a committed
+    /// one was rolled back (`rolled_back`).
+    pub(crate) fn upgrade(&self, result: &'static str) {
+        if result == "rolled_back" {
+            self.rollbacks.inc();
+        } else {
+            self.upgrades.get_or_create(&ResultLabel { result }).inc();
+        }
+    }
+
+    pub(crate) fn ready_after(&self, took: Duration) {
+        self.upgrade_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn restart(&self) {
+        self.restarts.inc();
+    }
+
+    pub(crate) fn drained(&self, took: f64) {
+        self.drain_duration.observe(took);
+    }
+
+    pub(crate) fn killed_at_deadline(&self) {
+        self.killed.inc();
+    }
+
+    pub(crate) fn rescue(&self, counts: &crate::rescue::Counts) {
+        for (outcome, n) in [
+            ("released", counts.released),
+            ("rescued", counts.rescued),
+            ("lost", counts.lost),
+            ("not_held", counts.not_held),
+        ] {
+            self.rescue
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n);
+        }
+    }
+
+    pub(crate) fn self_upgrade(&self, result: &'static str) {
+        self.self_upgrades
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+}
+
+/// The supervisor's counters.
+pub(crate) fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
