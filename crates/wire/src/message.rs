@@ -505,6 +505,13 @@ mod tests {
             Message::decode(&long.encode()),
             Err(Error::Malformed(_))
         ));
+        let metrics = Message::Metrics {
+            text: "x".repeat(MAX_METRICS + 1),
+        };
+        assert!(matches!(
+            Message::decode(&metrics.encode()),
+            Err(Error::Malformed(_))
+        ));
         // Message::error cuts its text to fit.
         let error = Message::error(&Error::Unexpected("y".repeat(10_000)));
         assert!(Message::decode(&error.encode()).is_ok());
