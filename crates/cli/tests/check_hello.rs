@@ -23,27 +23,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 
 /// Builds `hello` next to the `handover` binary and returns its path.
 fn hello_binary() -> PathBuf {
-    let handover = PathBuf::from(env!("CARGO_BIN_EXE_handover"));
-    let profile_dir = handover.parent().expect("the binary's directory");
-    let release = profile_dir
-        .file_name()
-        .is_some_and(|name| name == "release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "hello", "--bin", "hello"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        build.arg("--release");
-    }
-    if let Some(target_dir) = profile_dir.parent() {
-        build.env("CARGO_TARGET_DIR", target_dir);
-    }
-    let status = build.status().expect("run cargo build -p hello");
-    assert!(status.success(), "cargo build -p hello failed: {status}");
-    let hello = profile_dir.join("hello");
-    assert!(hello.exists(), "no hello binary at {}", hello.display());
-    hello
+    handover_testkit::build_hello(env!("CARGO_BIN_EXE_handover").as_ref())
 }
 
 /// Every hello process this test started (directly or through upgrades);

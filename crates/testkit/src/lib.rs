@@ -290,3 +290,30 @@ pub fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
     }
     samples
 }
+
+/// Builds the `hello` example server into the directory of `binary` (a
+/// `CARGO_BIN_EXE_…` path of the same workspace and profile) and returns its
+/// path: for tests outside the `hello` crate, which cargo does not build it
+/// for.
+pub fn build_hello(binary: &std::path::Path) -> PathBuf {
+    let profile_dir = binary.parent().expect("the binary's directory");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "hello", "--bin", "hello"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build.status().expect("run cargo build -p hello");
+    assert!(status.success(), "cargo build -p hello failed: {status}");
+    let hello = profile_dir.join("hello");
+    assert!(hello.exists(), "no hello binary at {}", hello.display());
+    hello
+}
