@@ -78,6 +78,13 @@ impl Running {
             .flatten()
     }
 
+    /// `handover status --format prometheus`, parsed.
+    fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let output = self.client(&["status", "--format", "prometheus"]);
+        assert!(output.status.success(), "{}", text(&output));
+        parse_prometheus(&String::from_utf8(output.stdout).unwrap())
+    }
+
     fn current(&self) -> u32 {
         let pid = self.status().unwrap()["current"]["pid"].as_u64().unwrap() as u32;
         self.seen.lock().unwrap().push(pid);
@@ -171,6 +178,17 @@ fn the_supervisor_upgrades_itself_ten_times_under_load_and_refuses_broken_binari
         assert_eq!(status["supervisor_pid"], supervisor, "{what}");
         assert_eq!(status["current"]["pid"], child, "{what}");
     }
+    // This image's counters: the switch that started it, and the three
+    // refusals since (each image counts from its start).
+    let metrics = running.metrics();
+    assert_eq!(
+        metrics["handover_self_upgrades_total{result=\"ok\"}"], 1.0,
+        "{metrics:#?}"
+    );
+    assert_eq!(
+        metrics["handover_self_upgrades_total{result=\"refused\"}"], 3.0,
+        "{metrics:#?}"
+    );
 
     // The supervisor still upgrades its child as before.
     running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
@@ -227,6 +245,12 @@ fn a_new_image_that_cannot_take_the_state_hands_back_to_the_previous_one() {
         let records = status["self_upgrades"].as_array().unwrap();
         assert_eq!(records.len(), round + 1);
         assert_eq!(records[round]["ok"], false);
+        // The previous image, run again, counts the failed switch.
+        let metrics = running.metrics();
+        assert_eq!(
+            metrics["handover_self_upgrades_total{result=\"failed\"}"], 1.0,
+            "{metrics:#?}"
+        );
     }
     let after = Instant::now();
     load.wait_for_answers_after(after, 20);

@@ -31,6 +31,31 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// How an upgrade (of a child, or of the supervisor itself) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed: the new one serves.
+    Ok,
+    /// The new one could not start, exited or was not ready: the old serves on.
+    Failed,
+    /// Not started: one under way, `--max-draining`, stopping.
+    Refused,
+    /// Committed, then its new child died on probation: the old serves again.
+    RolledBack,
+}
+
+impl Outcome {
+    /// The `result` label (a rollback is counted apart, see [`Metrics::upgrade`]).
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -127,14 +152,16 @@ impl Metrics {
         text
     }
 
-    /// An upgrade ended `result` (`ok`, `failed`, `refused`), or a committed
-    /// one was rolled back (`rolled_back`).
-    pub(crate) fn upgrade(&self, result: &'static str) {
-        if result == "rolled_back" {
-            self.rollbacks.inc();
-        } else {
-            self.upgrades.get_or_create(&ResultLabel { result }).inc();
-        }
+    /// An upgrade ended: counted by result, or, for a committed one rolled
+    /// back, as a rollback (it was counted `ok` at its commit).
+    pub(crate) fn upgrade(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::RolledBack => self.rollbacks.inc(),
+            _ => {
+                let result = outcome.label();
+                self.upgrades.get_or_create(&ResultLabel { result }).inc()
+            }
+        };
     }
 
     pub(crate) fn ready_after(&self, took: Duration) {
@@ -166,7 +193,8 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn self_upgrade(&self, result: &'static str) {
+    pub(crate) fn self_upgrade(&self, outcome: Outcome) {
+        let result = outcome.label();
         self.self_upgrades
             .get_or_create(&ResultLabel { result })
             .inc();

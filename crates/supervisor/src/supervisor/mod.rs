@@ -36,6 +36,7 @@ use crate::error::{Error, NotReady};
 use crate::fdstore::FdStore;
 use crate::generation::Generation;
 use crate::listeners::{Listeners, RouteRequest};
+use crate::metrics::Outcome;
 use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
 use handover_mechanism::protocol::env::read_inheritance;
@@ -574,7 +575,7 @@ impl Supervisor {
         );
         tracing::error!(%message);
         push(&mut self.crashes, false, message.clone());
-        self.record_upgrade("rolled_back", message.clone());
+        self.record_upgrade(Outcome::RolledBack, message.clone());
         done(&old.client, false, format!("upgrade failed: {message}"));
         self.current = Some(old.generation);
         self.release_unused_epochs();
@@ -767,10 +768,10 @@ impl Supervisor {
         self.upstream.notify(states);
     }
 
-    /// Records an upgrade's end: `result` is `ok`, `failed` or `rolled_back`.
-    fn record_upgrade(&mut self, result: &'static str, message: String) {
-        crate::metrics::get().upgrade(result);
-        push(&mut self.upgrades, result == "ok", message);
+    /// Records an upgrade's end, in the history and the counters.
+    fn record_upgrade(&mut self, outcome: Outcome, message: String) {
+        crate::metrics::get().upgrade(outcome);
+        push(&mut self.upgrades, outcome == Outcome::Ok, message);
     }
 
     fn status(&self) -> Status {

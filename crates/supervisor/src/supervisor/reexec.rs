@@ -36,6 +36,7 @@ use super::{done, push, say, Client, Slot, Supervisor};
 use crate::fdstore;
 use crate::generation::Generation;
 use crate::listeners::SavedSocket;
+use crate::metrics::Outcome;
 use crate::status::Record;
 
 /// What `supervisor-state-version` prints: images that print the same can
@@ -187,7 +188,7 @@ impl Supervisor {
     fn self_upgrade_failed(&mut self, client: &Client, message: String) {
         tracing::warn!(%message, "self-upgrade");
         push(&mut self.self_upgrades, false, message.clone());
-        crate::metrics::get().self_upgrade("refused");
+        crate::metrics::get().self_upgrade(Outcome::Refused);
         done(client, false, format!("supervisor upgrade {message}"));
     }
 
@@ -362,14 +363,14 @@ pub(super) fn restore_or_fall_back(
                         "failed: the new image could not go on ({why}); this one runs again"
                     );
                     push(&mut restored.carried.self_upgrades, false, message.clone());
-                    crate::metrics::get().self_upgrade("failed");
+                    crate::metrics::get().self_upgrade(Outcome::Failed);
                     message
                 }
                 None => {
                     let message =
                         format!("supervisor re-executed {}", Image::current().exe.display());
                     push(&mut restored.carried.self_upgrades, true, message.clone());
-                    crate::metrics::get().self_upgrade("ok");
+                    crate::metrics::get().self_upgrade(Outcome::Ok);
                     message
                 }
             };

@@ -11,6 +11,7 @@ use super::{done, say, Client, Draining, Next, Purpose, Stage, Starting, Supervi
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
 use crate::config::ReadyMode;
 use crate::generation::Generation;
+use crate::metrics::Outcome;
 use crate::readiness;
 
 /// A new child that was not committed: why, and the upgrade's client if it
@@ -101,7 +102,7 @@ impl Supervisor {
         };
         if let Some(message) = refusal {
             tracing::warn!(%message, "upgrade refused");
-            crate::metrics::get().upgrade("refused");
+            crate::metrics::get().upgrade(Outcome::Refused);
             done(&client, false, format!("upgrade refused: {message}"));
             return;
         }
@@ -155,7 +156,7 @@ impl Supervisor {
                     Some(old) => {
                         let old_pid = old.pid();
                         self.record_upgrade(
-                            "ok",
+                            Outcome::Ok,
                             format!(
                                 "pid {old_pid} → {pid}, ready after {:.2}s",
                                 took.as_secs_f64()
@@ -186,7 +187,7 @@ impl Supervisor {
                     None => {
                         self.release_unused_epochs();
                         self.record_upgrade(
-                            "ok",
+                            Outcome::Ok,
                             format!("pid {pid} ready (the old child had exited)"),
                         );
                         done(&client, true, format!("new pid {pid} serving"));
@@ -244,7 +245,7 @@ impl Supervisor {
     /// Records a failed upgrade and tells the client and systemd; the old child
     /// was never touched.
     fn upgrade_failed(&mut self, client: &Client, message: String) {
-        self.record_upgrade("failed", message.clone());
+        self.record_upgrade(Outcome::Failed, message.clone());
         let reply = format!("upgrade failed: {message}\nthe old child keeps serving");
         done(client, false, reply);
         self.notify_upstream(&[NotifyState::Ready]);
