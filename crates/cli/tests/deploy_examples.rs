@@ -165,15 +165,27 @@ fn exit_code(child: &mut Child, timeout: Duration) -> Option<i32> {
     status.code()
 }
 
-/// Ends every process still alive among `pids` and reaps it.
-fn end(pids: &[u32]) {
-    for &pid in pids {
-        if !exited(pid) {
-            signal(pid, Signal::KILL);
+/// The processes a test started (containers, and the servers in them);
+/// at drop, even after a failed assertion, each is killed with every
+/// descendant and reaped.
+#[derive(Default)]
+struct Started(Vec<u32>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let mut all = Vec::new();
+        for &pid in &self.0 {
+            all.extend(descendants(pid));
+            all.push(pid);
         }
-    }
-    for &pid in pids {
-        let _ = try_wait_until(Duration::from_secs(5), || exited(pid).then_some(()));
+        for &pid in &all {
+            if !exited(pid) {
+                signal(pid, Signal::KILL);
+            }
+        }
+        for &pid in &all {
+            let _ = try_wait_until(Duration::from_secs(5), || exited(pid).then_some(()));
+        }
     }
 }
 
@@ -226,7 +238,7 @@ fn the_images_command_upgrades_hello_under_load_and_stops_within_the_deployments
     let bin = build_hello(HANDOVER.as_ref()).parent().unwrap().to_owned();
     let log = scratch.path("container.log");
     let mut supervisor = container(&localise(&command, &scratch.0), &bin, &scratch.0, &log);
-    let mut pids = vec![supervisor.id()];
+    let mut pids = Started(vec![supervisor.id()]);
     let pid_file = scratch.path("app.pid");
     let status = || -> Option<Value> {
         let output = Command::new(HANDOVER)
@@ -242,7 +254,7 @@ fn the_images_command_upgrades_hello_under_load_and_stops_within_the_deployments
             .map(|p| p as u32)
     };
     let first = wait_until("the first child ready", Duration::from_secs(30), current);
-    pids.push(first);
+    pids.0.push(first);
     let addr = status().unwrap()["sockets"][0]["address"]
         .as_str()
         .unwrap()
@@ -259,7 +271,7 @@ fn the_images_command_upgrades_hello_under_load_and_stops_within_the_deployments
         assert!(upgrade.status.success(), "{upgrade:?}");
         let new = current().unwrap();
         assert_ne!(new, serving);
-        pids.push(new);
+        pids.0.push(new);
         serving = new;
         answers(&load, 200);
     }
@@ -272,13 +284,12 @@ fn the_images_command_upgrades_hello_under_load_and_stops_within_the_deployments
     let code = exit_code(&mut supervisor, Duration::from_secs_f64(grace));
     assert_eq!(code, Some(0));
     assert!(asked.elapsed().as_secs_f64() < grace - pre_stop);
-    for &pid in &pids {
+    for &pid in &pids.0 {
         assert!(
             exited(pid),
             "pid {pid} outlived the container's main process"
         );
     }
-    end(&pids);
 }
 
 /// One of the takeover pod's slots, as its container runs it.
@@ -322,14 +333,14 @@ fn the_takeover_pods_two_slots_hand_the_server_over_to_each_other_under_load() {
     let bin = build_hello(HANDOVER.as_ref()).parent().unwrap().to_owned();
     let log = scratch.path("pod.log");
     let pid_file = scratch.path("hello.pid");
-    let mut pids = Vec::new();
+    let mut pids = Started::default();
     // The pod starts: both containers at once.
     let mut slots: Vec<Slot> = commands
         .iter()
         .map(|command| {
             let command = localise(command, &scratch.0);
             let child = container(&command, &bin, &scratch.0, &log);
-            pids.push(child.id());
+            pids.0.push(child.id());
             Slot { command, child }
         })
         .collect();
@@ -339,7 +350,7 @@ fn the_takeover_pods_two_slots_hand_the_server_over_to_each_other_under_load() {
     let first = wait_until("slot-a's server", Duration::from_secs(30), || {
         serving().filter(|&pid| parent_of(pid) == Some(slots[0].child.id()))
     });
-    pids.push(first);
+    pids.0.push(first);
     wait_until("slot-b idle", Duration::from_secs(10), || {
         idle("slot-b").then_some(())
     });
@@ -363,7 +374,7 @@ fn the_takeover_pods_two_slots_hand_the_server_over_to_each_other_under_load() {
             "an idle slot stops at once"
         );
         slot.child = container(&slot.command, &bin, &scratch.0, &log);
-        pids.push(slot.child.id());
+        pids.0.push(slot.child.id());
         let old = *servers.last().unwrap();
         let new = wait_until(
             "the restarted slot's server",
@@ -374,7 +385,7 @@ fn the_takeover_pods_two_slots_hand_the_server_over_to_each_other_under_load() {
                 })
             },
         );
-        pids.push(new);
+        pids.0.push(new);
         servers.push(new);
         wait_until(
             &format!("{} idle", names[busy_slot]),
@@ -410,5 +421,4 @@ fn the_takeover_pods_two_slots_hand_the_server_over_to_each_other_under_load() {
         exit_code(&mut slots[1].child, Duration::from_secs(5)),
         Some(0)
     );
-    end(&pids);
 }
