@@ -26,10 +26,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use handover_mechanism::metrics::{self as shared, register, ResultLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// How an upgrade reached this process.
@@ -104,11 +105,6 @@ struct DirectionLabel {
     direction: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
 /// This process's counters.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -121,67 +117,59 @@ pub(crate) struct Metrics {
     reloads: Family<ResultLabel, Counter>,
 }
 
-/// Buckets for durations from 10 ms to about 3 minutes.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.01, 2.0, 15))
-}
-
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("handover");
-        let upgrades = Family::<UpgradeLabels, Counter>::default();
-        registry.register("upgrades", "Upgrades by mode and result", upgrades.clone());
-        let rollbacks = Counter::default();
-        registry.register(
-            "rollbacks",
-            "Successors that died on probation; this process served again",
-            rollbacks.clone(),
-        );
-        let upgrade_duration =
-            Family::<ModeLabel, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register(
-            "upgrade_duration_seconds",
-            "From an upgrade's start to its commit",
-            upgrade_duration.clone(),
-        );
-        let drain_duration = seconds();
-        registry.register(
-            "drain_duration_seconds",
-            "Drains: until no connection was left, or the deadline",
-            drain_duration.clone(),
-        );
-        let closed_at_deadline = Counter::default();
-        registry.register(
-            "connections_closed_at_deadline",
-            "Connections still open at a drain deadline, closed then",
-            closed_at_deadline.clone(),
-        );
-        let migrated = Family::<DirectionLabel, Counter>::default();
-        registry.register(
-            "connections_migrated",
-            "Live connections handed to a successor (out) or received (in)",
-            migrated.clone(),
-        );
-        let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register("reloads", "Reloads in place by result", reloads.clone());
+        let mut r = shared::registry();
         Metrics {
-            registry,
-            upgrades,
-            rollbacks,
-            upgrade_duration,
-            drain_duration,
-            closed_at_deadline,
-            migrated,
-            reloads,
+            upgrades: register(
+                &mut r,
+                "upgrades",
+                "Upgrades by mode and result",
+                Family::default(),
+            ),
+            rollbacks: register(
+                &mut r,
+                "rollbacks",
+                "Successors that died on probation; this process served again",
+                Counter::default(),
+            ),
+            upgrade_duration: register(
+                &mut r,
+                "upgrade_duration_seconds",
+                "From an upgrade's start to its commit",
+                Family::new_with_constructor(shared::seconds as fn() -> Histogram),
+            ),
+            drain_duration: register(
+                &mut r,
+                "drain_duration_seconds",
+                "Drains: until no connection was left, or the deadline",
+                shared::seconds(),
+            ),
+            closed_at_deadline: register(
+                &mut r,
+                "connections_closed_at_deadline",
+                "Connections still open at a drain deadline, closed then",
+                Counter::default(),
+            ),
+            migrated: register(
+                &mut r,
+                "connections_migrated",
+                "Live connections handed to a successor (out) or received (in)",
+                Family::default(),
+            ),
+            reloads: register(
+                &mut r,
+                "reloads",
+                "Reloads in place by result",
+                Family::default(),
+            ),
+            registry: r,
         }
     }
 
     /// The exposition, in the Prometheus (OpenMetrics) text format.
     pub(crate) fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        shared::encode(&self.registry)
     }
 
     pub(crate) fn upgrade(&self, mode: Mode, result: Outcome, took: Option<Duration>) {

@@ -5,7 +5,9 @@
 //! ([`child`]), `sd_notify` both ways ([`notify`]), the PID file
 //! ([`pidfile`]), and sockets below the level of names ([`sockets`]: binding
 //! and checking, steered `SO_REUSEPORT` groups, a connection's kernel
-//! counters, holding back what it receives). The wire protocol over a Unix
+//! counters, holding back what it receives), and what the two kinds of
+//! process share of their Prometheus counters ([`metrics`]: prefix, buckets,
+//! encoding). The wire protocol over a Unix
 //! socket is its sibling crate, `handover-wire`.
 //!
 //! As a utility library there is no central type: an application uses the
@@ -22,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod child;
+pub mod metrics;
 pub mod notify;
 pub mod pidfile;
 pub mod protocol;

@@ -25,10 +25,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use handover_mechanism::metrics::{self as shared, register, ResultLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// How an upgrade (of a child, or of the supervisor itself) ended.
@@ -57,11 +58,6 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -79,77 +75,65 @@ pub(crate) struct Metrics {
     self_upgrades: Family<ResultLabel, Counter>,
 }
 
-/// Buckets for durations from 10 ms to about 3 minutes.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.01, 2.0, 15))
-}
-
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("handover");
-        let upgrades = Family::<ResultLabel, Counter>::default();
-        registry.register("upgrades", "Child upgrades by result", upgrades.clone());
-        let rollbacks = Counter::default();
-        registry.register(
-            "rollbacks",
-            "New children that died on probation; the old one served again",
-            rollbacks.clone(),
-        );
-        let restarts = Counter::default();
-        registry.register(
-            "child_restarts",
-            "Current children that crashed and were restarted",
-            restarts.clone(),
-        );
-        let upgrade_duration = seconds();
-        registry.register(
-            "upgrade_duration_seconds",
-            "An upgrade's new child, its start to its readiness",
-            upgrade_duration.clone(),
-        );
-        let drain_duration = seconds();
-        registry.register(
-            "drain_duration_seconds",
-            "An old child's replacement to its exit",
-            drain_duration.clone(),
-        );
-        let killed = Counter::default();
-        registry.register(
-            "children_killed_at_deadline",
-            "Old children still running at the drain deadline, killed",
-            killed.clone(),
-        );
-        let rescue = Family::<OutcomeLabel, Counter>::default();
-        registry.register(
-            "rescue_connections",
-            "The keep-alive rescue's connections by outcome",
-            rescue.clone(),
-        );
-        let self_upgrades = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "self_upgrades",
-            "Supervisor self-upgrades by result",
-            self_upgrades.clone(),
-        );
+        let mut r = shared::registry();
         Metrics {
-            registry,
-            upgrades,
-            rollbacks,
-            restarts,
-            upgrade_duration,
-            drain_duration,
-            killed,
-            rescue,
-            self_upgrades,
+            upgrades: register(
+                &mut r,
+                "upgrades",
+                "Child upgrades by result",
+                Family::default(),
+            ),
+            rollbacks: register(
+                &mut r,
+                "rollbacks",
+                "New children that died on probation; the old one served again",
+                Counter::default(),
+            ),
+            restarts: register(
+                &mut r,
+                "child_restarts",
+                "Current children that crashed and were restarted",
+                Counter::default(),
+            ),
+            upgrade_duration: register(
+                &mut r,
+                "upgrade_duration_seconds",
+                "An upgrade's new child, its start to its readiness",
+                shared::seconds(),
+            ),
+            drain_duration: register(
+                &mut r,
+                "drain_duration_seconds",
+                "An old child's replacement to its exit",
+                shared::seconds(),
+            ),
+            killed: register(
+                &mut r,
+                "children_killed_at_deadline",
+                "Old children still running at the drain deadline, killed",
+                Counter::default(),
+            ),
+            rescue: register(
+                &mut r,
+                "rescue_connections",
+                "The keep-alive rescue's connections by outcome",
+                Family::default(),
+            ),
+            self_upgrades: register(
+                &mut r,
+                "self_upgrades",
+                "Supervisor self-upgrades by result",
+                Family::default(),
+            ),
+            registry: r,
         }
     }
 
     /// The exposition, in the Prometheus (OpenMetrics) text format.
     pub(crate) fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        shared::encode(&self.registry)
     }
 
     /// An upgrade ended: counted by result, or, for a committed one rolled
