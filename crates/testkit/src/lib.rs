@@ -5,10 +5,12 @@
 //! condition), and look at processes and their fds through /proc so that tests
 //! can end what they started by pid and check that nothing leaked.
 //!
-//! Writing executables and starting processes go through one lock
-//! ([`copy_executable`], [`write_executable`], [`spawn`]): a file open for
-//! writing while another thread forks is inherited by that child until it execs,
-//! and exec'ing the file meanwhile fails with ETXTBSY ("Text file busy").
+//! Executables are written by a child process ([`copy_executable`],
+//! [`write_executable`]), never through an fd of the test process: a file open
+//! for writing while another thread forks is inherited by that child until it
+//! execs, and exec'ing the file meanwhile fails with ETXTBSY ("Text file
+//! busy"). A lock around writes and forks cannot cover the forks the standard
+//! library makes for `Command::output` in other tests of the same binary.
 
 #![forbid(unsafe_code)]
 use std::path::PathBuf;
@@ -168,31 +170,38 @@ pub fn fds_of(pid: u32) -> Vec<(u32, String)> {
     fds
 }
 
-/// Serialises writing executables with starting processes (see the crate docs).
-static EXEC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exec_lock() -> std::sync::MutexGuard<'static, ()> {
-    EXEC_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Copies an executable (under the executable lock, see the crate docs).
+/// Copies an executable. The copy is written by `cp`, a child process, so that
+/// no fd of this process is ever open for writing on it (see the crate docs).
 pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
-    let _lock = exec_lock();
-    std::fs::copy(from, to).expect("copying an executable");
+    let status = std::process::Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("starting cp");
+    assert!(status.success(), "cp {from:?} {to:?}: {status}");
 }
 
-/// Writes an executable file with `contents` (mode 0755), under the executable
-/// lock (see the crate docs).
+/// Writes an executable file with `contents` (mode 0755). The file is written
+/// by `sh`, a child process, fed through a pipe, so that no fd of this process
+/// is ever open for writing on it (see the crate docs).
 pub fn write_executable(path: &std::path::Path, contents: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let _lock = exec_lock();
-    std::fs::write(path, contents).expect("writing an executable");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    use std::io::Write;
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting sh");
+    let mut stdin = writer.stdin.take().expect("a pipe to sh");
+    stdin.write_all(contents.as_bytes()).expect("writing to sh");
+    drop(stdin);
+    let status = writer.wait().expect("waiting for sh");
+    assert!(status.success(), "writing {path:?}: {status}");
 }
 
-/// Starts `command` (under the executable lock, see the crate docs).
+/// Starts `command`, panicking with a plain message if it cannot start.
 pub fn spawn(command: &mut std::process::Command) -> std::process::Child {
-    let _lock = exec_lock();
     command.spawn().expect("starting a process")
 }
 
