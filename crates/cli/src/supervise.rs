@@ -179,10 +179,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             hold: args.rescue_hold,
         }),
     };
-    // One thread: the supervisor is idle almost always and must stay small.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = handover_supervisor::runtime()?;
     match runtime.block_on(handover_supervisor::run(config)) {
         Ok(code) => Ok(ExitCode::from(code as u8)),
         Err(error) => Err(error.into()),

@@ -110,24 +110,35 @@ pub fn bind(path: &Path) -> io::Result<Listener> {
 pub fn serve(listener: Listener, orders: mpsc::Sender<Order>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("handover-control".into())
-        .spawn(move || loop {
-            match listener.accept() {
-                Ok(channel) => {
-                    let orders = orders.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("handover-control-client".into())
-                        .spawn(move || handle(&channel, &orders));
-                    if let Err(error) = spawned {
-                        tracing::warn!(%error, "cannot serve a control client");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "control socket accept failed");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+        .spawn(move || {
+            // Signals are the event loop's thread's (its clients' threads
+            // inherit this mask).
+            if let Err(error) = crate::supervisor::hold_signals_in_this_thread() {
+                tracing::warn!(%error, "cannot hold signals on the control thread");
             }
+            accept_loop(&listener, &orders)
         })?;
     Ok(())
+}
+
+fn accept_loop(listener: &Listener, orders: &mpsc::Sender<Order>) -> ! {
+    loop {
+        match listener.accept() {
+            Ok(channel) => {
+                let orders = orders.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("handover-control-client".into())
+                    .spawn(move || handle(&channel, &orders));
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "cannot serve a control client");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {

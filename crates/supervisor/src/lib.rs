@@ -40,4 +40,4 @@ mod supervisor;
 
 pub use config::{Config, Listen, ReadyMode};
 pub use error::{Error, NotReady, RecoveryError};
-pub use supervisor::{run, STATE_VERSION};
+pub use supervisor::{run, runtime, STATE_VERSION};

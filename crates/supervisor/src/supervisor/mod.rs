@@ -3,7 +3,8 @@
 //! a rescue's or a failed start's report, or a deadline.
 //!
 //! Every handler is a plain (not `async`) function: the loop waits only in
-//! its `select!`, never on a control client (replies go into unbounded
+//! its `select!` (and, once, in a self-upgrade's last step before the exec:
+//! a yield, see `signals.rs`), never on a control client (replies go into unbounded
 //! channels) or a child's stderr (a failed start's last lines are read by a
 //! task that reports back as `Event::StartFailed`) or a `/proc` scan (the
 //! rescue's capture of an old child's connections runs on a blocking task and
@@ -26,7 +27,6 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use handover_mechanism::notify::NotifyState;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -46,6 +46,7 @@ mod orphans;
 mod reexec;
 mod reload;
 mod rescuing;
+mod signals;
 mod slot;
 #[cfg(test)]
 mod transitions;
@@ -53,9 +54,12 @@ mod upgrade;
 
 use draining::{Draining, Next, Rescue, Stage};
 use orphans::{Orphan, ORPHAN_POLL};
+use signals::Signals;
 use slot::Slot;
 
 pub use reexec::STATE_VERSION;
+pub(crate) use signals::hold_in_this_thread as hold_signals_in_this_thread;
+pub use signals::runtime;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -148,6 +152,8 @@ struct Supervisor {
     /// The last self-upgrades, newest last.
     self_upgrades: VecDeque<Record>,
     self_checks: mpsc::UnboundedSender<reexec::Checked>,
+    /// A checked new image to switch to, once the handler has returned.
+    switching: Option<reexec::Switch>,
     /// Where readiness probes ask for their connection's route.
     probe_routes: mpsc::UnboundedSender<RouteRequest>,
     /// Where rescue captures report.
@@ -198,18 +204,6 @@ struct Start {
     orphans: Vec<Orphan>,
     restored: Option<reexec::Carried>,
 }
-
-/// The signals the event loop handles. They are held across a self-upgrade's
-/// exec (the mask survives it) and released once the new image's handlers are
-/// in place: in between, one would end the process by its default action.
-const HANDLED_SIGNALS: [i32; 6] = [
-    libc::SIGHUP,
-    libc::SIGUSR2,
-    libc::SIGTERM,
-    libc::SIGQUIT,
-    libc::SIGINT,
-    libc::SIGCHLD,
-];
 
 /// What a [`Supervisor`] owns from the start, besides its configuration.
 struct Parts {
@@ -361,6 +355,7 @@ impl Supervisor {
             control_fd: parts.control_fd,
             self_upgrades: VecDeque::new(),
             self_checks,
+            switching: None,
             probe_routes,
             captures: captures_tx,
         };
@@ -385,14 +380,7 @@ impl Supervisor {
             routes,
             captures,
         } = inbox;
-        let mut hup = signal(SignalKind::hangup()).map_err(Error::Signal)?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(Error::Signal)?;
-        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-        let mut quit = signal(SignalKind::quit()).map_err(Error::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
-        let mut chld = signal(SignalKind::child()).map_err(Error::Signal)?;
-        // Held if this image was exec'd by a self-upgrade: delivered now.
-        handover_mechanism::child::release_signals(&HANDLED_SIGNALS).map_err(Error::Signal)?;
+        let mut signals = Signals::install().map_err(Error::Signal)?;
         if resumed {
             // Re-executed: the child serves on. A child that exited during
             // the exec sent its SIGCHLD to nobody: look now.
@@ -432,12 +420,7 @@ impl Supervisor {
             let deadline = self.next_deadline();
             let event = tokio::select! {
                 Some((request, replies)) = orders.recv() => Event::Order(request, replies),
-                _ = hup.recv() => Event::Upgrade,
-                _ = usr2.recv() => Event::Upgrade,
-                _ = term.recv() => Event::Stop { fast: false },
-                _ = quit.recv() => Event::Stop { fast: false },
-                _ = int.recv() => Event::Stop { fast: true },
-                _ = chld.recv() => Event::ChildExited,
+                event = signals.next() => event,
                 verdict = ready_verdict(&mut self.starting) => Event::Ready(verdict),
                 Some(report) = rescued.recv() => Event::Rescued(report),
                 Some(failed) = failures.recv() => Event::StartFailed(failed),
@@ -447,6 +430,9 @@ impl Supervisor {
                 () = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             };
             self.handle(event);
+            if let Some(switch) = self.switching.take() {
+                self.switch_image(switch, &mut signals).await;
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //!    ├─ not a regular executable file ─▶ refused
 //!    ├─ run it: `/proc/self/fd/N supervisor-state-version` (≤ 5 s, in a task)
 //!    │  ─ exits non-zero, says another version, or hangs ─▶ refused
+//!    ├─ the signals held, those taken but not handled raised again
+//!    │  (`signals.rs`): they wait, pending, for the new image
 //!    ├─ state (sockets, control socket, current child, history) in
 //!    │  HANDOVER_SUPERVISOR_STATE, their fds without close-on-exec, and the
 //!    │  running image itself opened as the fallback
@@ -32,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{done, push, say, Client, Slot, Supervisor};
+use super::{done, push, say, Client, Signals, Slot, Supervisor};
 use crate::fdstore;
 use crate::generation::Generation;
 use crate::listeners::SavedSocket;
@@ -101,6 +103,12 @@ pub(super) struct Checked {
     verdict: Result<(), String>,
 }
 
+/// A checked image the event loop switches to.
+pub(super) struct Switch {
+    client: Client,
+    file: File,
+}
+
 /// What a restored image starts from.
 pub(super) struct Restored {
     pub control: handover_wire::channel::Listener,
@@ -165,7 +173,25 @@ impl Supervisor {
             &client,
             format!("supervisor pid {} re-executing {exe}", std::process::id()),
         );
-        let error = self.reexec(&file);
+        // The exec itself is the event loop's next step, after this handler.
+        self.switching = Some(Switch { client, file });
+    }
+
+    /// Switches to the checked image: holds the signals (see `signals.rs`),
+    /// then execs. Returns only if that failed; the signals held meanwhile
+    /// are then handled here.
+    pub(super) async fn switch_image(&mut self, switch: Switch, signals: &mut Signals) {
+        let Switch { client, file } = switch;
+        let exe = self.image.exe.display().to_string();
+        // Tests: a pause with the decision taken, to signal the old image.
+        fail::fail_point!("supervisor-before-exec");
+        let error = match signals.hold_for_exec().await {
+            Ok(()) => self.reexec(&file),
+            Err(error) => error,
+        };
+        if let Err(error) = Signals::release() {
+            tracing::error!(%error, "cannot release the signals held for the exec");
+        }
         self.self_upgrade_failed(&client, format!("cannot re-execute {exe}: {error}"));
     }
 
@@ -192,7 +218,8 @@ impl Supervisor {
         done(client, false, format!("supervisor upgrade {message}"));
     }
 
-    /// Execs `file` with the state; returns only if the exec failed.
+    /// Execs `file` with the state (the signals held by the caller);
+    /// returns only if the exec failed.
     fn reexec(&mut self, file: &File) -> io::Error {
         // The child is ready: its private notify socket (and directory) can go
         // now — nothing would remove them after the exec.
@@ -207,15 +234,8 @@ impl Supervisor {
                 if let Some((first, rest)) = self.image.args.split_first() {
                     command.arg0(first).args(rest);
                 }
-                // Held until the new image's handlers are in place.
-                if let Err(error) = handover_mechanism::child::hold_signals(&super::HANDLED_SIGNALS)
-                {
-                    return error;
-                }
                 // `_fallback` stays open across the exec: the state names it.
-                let error = command.env(STATE_ENV, text).exec();
-                let _ = handover_mechanism::child::release_signals(&super::HANDLED_SIGNALS);
-                error
+                command.env(STATE_ENV, text).exec()
             }
             Err(error) => error,
         }
