@@ -71,7 +71,13 @@ pub(crate) fn install(table: &[(i32, SignalAction)], handover: Handover) -> io::
                             .name("handover-upgrade".into())
                             .spawn(move || match handover.upgrade() {
                                 Ok(pid) => tracing::info!(successor = pid, "upgrade done"),
-                                Err(error) => tracing::error!(%error, "upgrade failed"),
+                                // A draining process has handed its sockets on already.
+                                Err(error @ crate::Error::Draining(_)) => {
+                                    tracing::error!(%error, "upgrade failed")
+                                }
+                                Err(error) => {
+                                    tracing::error!(%error, "upgrade failed; still serving")
+                                }
                             });
                         if let Err(error) = spawned {
                             tracing::error!(%error, "cannot start upgrade thread");

@@ -73,6 +73,10 @@ fn a_sighup_upgrade_under_a_low_fd_limit_fails_with_a_clear_log_line_and_the_old
             line.contains("Too many open files") || line.contains("EMFILE"),
             "the cause is named: {context}"
         );
+        assert!(
+            line.contains("still serving"),
+            "and what was kept: {context}"
+        );
         assert_eq!(server.current_pid(), Some(pid), "{context}");
         assert_eq!(kept.answered_by(), pid, "{context}");
         assert_eq!(KeepAlive::open(&server).answered_by(), pid, "{context}");
