@@ -240,10 +240,12 @@ pub fn upgrade_supervisor(args: ClientArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => anyhow::bail!("{} did not answer status", path.display()),
         Err(error) => anyhow::bail!("cannot reach {}: {error}", path.display()),
     };
+    // The supervisor bounds its wait for an upgrade under way (see
+    // `self_upgrade.rs`) and its check of the new binary: no bound here.
     let last = control::request(
         &path,
         Request::UpgradeSupervisor,
-        Duration::from_secs(60),
+        Duration::from_secs(24 * 3600),
         |reply| print(reply, json),
     );
     // Refused, or failed before the switch: the old image answered.

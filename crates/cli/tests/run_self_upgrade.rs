@@ -408,3 +408,69 @@ fn thread_masks(pid: u32) -> Vec<(u32, u64)> {
         })
         .collect()
 }
+
+/// A supervisor upgrade asked for while the child is being upgraded waits
+/// until that upgrade is over — the old child gone after its probation —
+/// instead of being refused, then re-executes. The child upgrade's client
+/// gets its answer (written before the exec), and the clients under load see
+/// nothing of either.
+#[test]
+fn a_supervisor_upgrade_during_a_child_upgrade_waits_for_it_then_goes_ahead() {
+    let running = Running::start();
+    let supervisor = running.process.id();
+    let first = running.current();
+    let addr = running.status().unwrap()["sockets"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let began = Instant::now();
+    let load = FreshLoad::start(addr, 3);
+    load.wait_for_answers_after(began, 30);
+    let child_upgrade = {
+        let (handover, pid_file) = (HANDOVER, running.pid_file.clone());
+        std::thread::spawn(move || {
+            Command::new(handover)
+                .arg("upgrade")
+                .arg("--pid-file")
+                .arg(pid_file)
+                .output()
+                .unwrap()
+        })
+    };
+    wait_until(
+        "the old child on probation",
+        Duration::from_secs(20),
+        || {
+            let status = running.status()?;
+            (status["draining"].as_array()?.len() == 1).then_some(())
+        },
+    );
+    running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+    let output = running.client(&["upgrade", "--supervisor"]);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}\n{}", running.log());
+    assert!(
+        said.contains("waiting until the supervisor is simply serving"),
+        "{said}"
+    );
+    assert!(said.contains("re-executed"), "{said}");
+    let child_upgrade = child_upgrade.join().unwrap();
+    assert!(
+        child_upgrade.status.success(),
+        "the child upgrade's answer: {}",
+        text(&child_upgrade)
+    );
+    let status = running.status().unwrap();
+    assert_eq!(status["supervisor_pid"], supervisor, "the same pid");
+    assert_ne!(
+        status["current"]["pid"], first,
+        "the child upgrade happened"
+    );
+    assert_eq!(status["draining"].as_array().unwrap().len(), 0, "{status}");
+    assert_eq!(status["self_upgrades"].as_array().unwrap().len(), 1);
+    running.current(); // the new child, ended at drop
+    let answers = load.stop();
+    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}

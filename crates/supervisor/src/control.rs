@@ -12,6 +12,7 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use handover_wire::channel::{Channel, Listener};
@@ -83,9 +84,87 @@ impl Reply {
 }
 
 /// A request with the channel its replies go to.
-/// The replies are unbounded: the event loop never waits for a client (a
-/// request has a handful of replies at most).
-pub type Order = (Request, mpsc::UnboundedSender<Reply>);
+pub type Order = (Request, Replies);
+
+/// Replies sent and not yet written to their clients, over all clients.
+static UNWRITTEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many replies the event loop has sent that no client's thread has
+/// written yet. A self-upgrade lets them out before its exec ends those
+/// threads (an upgrade's final answer is often sent in the very event that
+/// lets a waiting self-upgrade go ahead).
+pub fn unwritten() -> usize {
+    UNWRITTEN.load(Ordering::SeqCst)
+}
+
+/// A channel for one request's replies: the event loop's end and the client
+/// thread's.
+pub fn replies() -> (Replies, Answers) {
+    let (send, receive) = mpsc::unbounded_channel();
+    (Replies(send), Answers(receive))
+}
+
+/// Where the event loop sends a request's replies. Unbounded: the event loop
+/// never waits for a client (a request has a handful of replies at most).
+#[derive(Debug, Clone)]
+pub struct Replies(mpsc::UnboundedSender<Reply>);
+
+impl Replies {
+    /// Sends `reply`; false if the client's thread is gone.
+    pub fn send(&self, reply: Reply) -> bool {
+        UNWRITTEN.fetch_add(1, Ordering::SeqCst);
+        let sent = self.0.send(reply).is_ok();
+        if !sent {
+            UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Resolves once the client's end is gone (its answer written, or the
+    /// client away).
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
+}
+
+/// The client thread's end of a request's replies.
+#[derive(Debug)]
+pub struct Answers(mpsc::UnboundedReceiver<Reply>);
+
+impl Answers {
+    /// The next reply, counted as unwritten until the [`Answer`] is dropped;
+    /// `None` once the event loop is done with the request.
+    pub fn blocking_recv(&mut self) -> Option<Answer> {
+        self.0.blocking_recv().map(Answer)
+    }
+
+    /// The next reply if there is one (counted as written).
+    pub fn try_recv(&mut self) -> Option<Reply> {
+        let reply = self.0.try_recv().ok()?;
+        UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        Some(reply)
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        // What was sent and will never be written is not waited for.
+        self.0.close();
+        while self.0.try_recv().is_ok() {
+            UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A reply taken by a client's thread: written (or given up) once dropped.
+#[derive(Debug)]
+pub struct Answer(pub Reply);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// How long a client may take to say what it wants.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,15 +249,15 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
     };
     // The answer may take as long as an upgrade does: only sends are bounded.
     let _ = channel.set_timeout(None);
-    let (replies, mut receive) = mpsc::unbounded_channel();
+    let (replies, mut answers) = replies();
     if orders.blocking_send((request, replies)).is_err() {
         return;
     }
-    while let Some(reply) = receive.blocking_recv() {
-        let last = !matches!(reply, Reply::Progress { .. });
-        if wire::reply(channel, &reply.to_wire()).is_err() || last {
+    while let Some(answer) = answers.blocking_recv() {
+        let last = !matches!(answer.0, Reply::Progress { .. });
+        if wire::reply(channel, &answer.0.to_wire()).is_err() || last {
             break; // written the answer, or the client went away (the request goes on)
         }
     }
-    // Dropping `receive` tells the supervisor the answer is out (see Sender::closed).
+    // Dropping `answers` tells the supervisor the answer is out (see Replies::closed).
 }

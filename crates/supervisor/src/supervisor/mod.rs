@@ -46,6 +46,7 @@ mod orphans;
 mod reexec;
 mod reload;
 mod rescuing;
+mod self_upgrade;
 mod signals;
 mod slot;
 #[cfg(test)]
@@ -74,7 +75,7 @@ pub(super) const HANDOFF_POLL: Duration = Duration::from_millis(1);
 /// send its request to the relay.
 const ORPHAN_IDLE: Duration = Duration::from_secs(2);
 
-type Client = Option<mpsc::UnboundedSender<Reply>>;
+type Client = Option<control::Replies>;
 
 enum Purpose {
     First,
@@ -99,11 +100,11 @@ struct Settling {
 }
 
 enum Event {
-    Order(Request, mpsc::UnboundedSender<Reply>),
+    Order(Request, control::Replies),
     /// A new child that was not committed, reported once its stderr is read.
     StartFailed(upgrade::StartFailed),
     /// The new binary of a self-upgrade was checked.
-    SelfChecked(reexec::Checked),
+    SelfChecked(self_upgrade::Checked),
     /// A readiness probe asks for (or ends) its connection's route.
     Route(RouteRequest),
     /// An old child's connections were taken for the rescue (or not).
@@ -137,7 +138,7 @@ struct Supervisor {
     backoff: Duration,
     respawn_at: Option<Instant>,
     stopping: bool,
-    stop_clients: Vec<mpsc::UnboundedSender<Reply>>,
+    stop_clients: Vec<control::Replies>,
     /// Where failed starts are reported, and how many are still to come.
     start_failures: mpsc::UnboundedSender<upgrade::StartFailed>,
     failures_pending: usize,
@@ -151,9 +152,11 @@ struct Supervisor {
     control_fd: std::os::fd::OwnedFd,
     /// The last self-upgrades, newest last.
     self_upgrades: VecDeque<Record>,
-    self_checks: mpsc::UnboundedSender<reexec::Checked>,
+    self_checks: mpsc::UnboundedSender<self_upgrade::Checked>,
     /// A checked new image to switch to, once the handler has returned.
-    switching: Option<reexec::Switch>,
+    switching: Option<self_upgrade::Switch>,
+    /// A self-upgrade waiting until the supervisor is simply serving.
+    self_upgrade_waiting: Option<self_upgrade::Waiting>,
     /// Where readiness probes ask for their connection's route.
     probe_routes: mpsc::UnboundedSender<RouteRequest>,
     /// Where rescue captures report.
@@ -167,7 +170,7 @@ struct Receivers {
     orders: mpsc::Receiver<Order>,
     rescued: mpsc::UnboundedReceiver<rescue::Report>,
     failures: mpsc::UnboundedReceiver<upgrade::StartFailed>,
-    checks: mpsc::UnboundedReceiver<reexec::Checked>,
+    checks: mpsc::UnboundedReceiver<self_upgrade::Checked>,
     routes: mpsc::UnboundedReceiver<RouteRequest>,
     captures: mpsc::UnboundedReceiver<rescuing::CaptureDone>,
 }
@@ -191,7 +194,7 @@ struct Inbox<'a> {
     orders: &'a mut mpsc::Receiver<Order>,
     rescued: &'a mut mpsc::UnboundedReceiver<rescue::Report>,
     failures: &'a mut mpsc::UnboundedReceiver<upgrade::StartFailed>,
-    checks: &'a mut mpsc::UnboundedReceiver<reexec::Checked>,
+    checks: &'a mut mpsc::UnboundedReceiver<self_upgrade::Checked>,
     routes: &'a mut mpsc::UnboundedReceiver<RouteRequest>,
     captures: &'a mut mpsc::UnboundedReceiver<rescuing::CaptureDone>,
 }
@@ -356,6 +359,7 @@ impl Supervisor {
             self_upgrades: VecDeque::new(),
             self_checks,
             switching: None,
+            self_upgrade_waiting: None,
             probe_routes,
             captures: captures_tx,
         };
@@ -482,6 +486,7 @@ impl Supervisor {
             }
             Event::Tick => self.tick(),
         }
+        self.retry_self_upgrade();
     }
 
     fn reap(&mut self) {
@@ -716,6 +721,7 @@ impl Supervisor {
             .chain(draining)
             .chain(self.respawn_at)
             .chain(orphans)
+            .chain(self.self_upgrade_waiting.as_ref().map(|w| w.until))
             .fold(far, Instant::min)
     }
 

@@ -1,18 +1,10 @@
-//! Self-upgrade: the supervisor re-executes its own binary in place.
+//! Self-upgrade, the exec: what crosses it and how the new image takes it
+//! over (when and whether to switch is `self_upgrade.rs`).
 //!
 //! ```text
-//!  handover upgrade --supervisor
-//!    │ refused unless the slot is Serving and nothing drains
-//!    ├─ open the binary at the path it was started from (the file is pinned:
-//!    │  what is checked is what runs, even if the path changes meanwhile)
-//!    ├─ not a regular executable file ─▶ refused
-//!    ├─ run it: `/proc/self/fd/N supervisor-state-version` (≤ 5 s, in a task)
-//!    │  ─ exits non-zero, says another version, or hangs ─▶ refused
-//!    ├─ the signals held, those taken but not handled raised again
-//!    │  (`signals.rs`): they wait, pending, for the new image
-//!    ├─ state (sockets, control socket, current child, history) in
-//!    │  HANDOVER_SUPERVISOR_STATE, their fds without close-on-exec, and the
-//!    │  running image itself opened as the fallback
+//!  old image: state (sockets, control socket, current child, history) in
+//!    HANDOVER_SUPERVISOR_STATE, their fds without close-on-exec, and the
+//!    running image itself opened as the fallback
 //!    └─ execve(/proc/self/fd/N): same pid, so the children stay its children
 //!       and systemd's MAINPID holds
 //!  new image: takes the fds (the LISTEN_FDS rules), adopts the child,
@@ -34,7 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{done, push, say, Client, Signals, Slot, Supervisor};
+use super::{push, Supervisor};
 use crate::fdstore;
 use crate::generation::Generation;
 use crate::listeners::SavedSocket;
@@ -47,8 +39,6 @@ pub const STATE_VERSION: &str = "handover-supervisor-state 1";
 
 const STATE_ENV: &str = "HANDOVER_SUPERVISOR_STATE";
 const ROLLBACK_ENV: &str = "HANDOVER_SUPERVISOR_ROLLBACK";
-/// How long the new binary may take to say its state version.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The binary this supervisor runs and its arguments, as it was started.
 pub(super) struct Image {
@@ -96,19 +86,6 @@ struct SavedChild {
     stderr: Option<i32>,
 }
 
-/// The new binary's check, reported to the event loop.
-pub(super) struct Checked {
-    client: Client,
-    file: File,
-    verdict: Result<(), String>,
-}
-
-/// A checked image the event loop switches to.
-pub(super) struct Switch {
-    client: Client,
-    file: File,
-}
-
 /// What a restored image starts from.
 pub(super) struct Restored {
     pub control: handover_wire::channel::Listener,
@@ -127,100 +104,9 @@ pub(super) struct Carried {
 }
 
 impl Supervisor {
-    /// `handover upgrade --supervisor`: checks the binary, then re-executes.
-    pub(super) fn upgrade_supervisor(&mut self, client: Client) {
-        if let Some(why) = self.self_upgrade_refusal() {
-            return self.self_upgrade_failed(&client, format!("refused: {why}"));
-        }
-        let exe = self.image.exe.clone();
-        let file = match open_executable(&exe) {
-            Ok(file) => file,
-            Err(why) => {
-                return self.self_upgrade_failed(
-                    &client,
-                    format!("refused before the switch: {} {why}", exe.display()),
-                )
-            }
-        };
-        say(&client, format!("checking {}", exe.display()));
-        let checks = self.self_checks.clone();
-        tokio::spawn(async move {
-            let verdict = check(&file).await;
-            let _ = checks.send(Checked {
-                client,
-                file,
-                verdict,
-            });
-        });
-    }
-
-    /// The check is done: switch, or say why not.
-    pub(super) fn self_checked(&mut self, checked: Checked) {
-        let Checked {
-            client,
-            file,
-            verdict,
-        } = checked;
-        let exe = self.image.exe.display().to_string();
-        if let Err(why) = verdict {
-            let message = format!("refused before the switch: {exe} {why}");
-            return self.self_upgrade_failed(&client, message);
-        }
-        if let Some(why) = self.self_upgrade_refusal() {
-            return self.self_upgrade_failed(&client, format!("refused: {why}"));
-        }
-        say(
-            &client,
-            format!("supervisor pid {} re-executing {exe}", std::process::id()),
-        );
-        // The exec itself is the event loop's next step, after this handler.
-        self.switching = Some(Switch { client, file });
-    }
-
-    /// Switches to the checked image: holds the signals (see `signals.rs`),
-    /// then execs. Returns only if that failed; the signals held meanwhile
-    /// are then handled here.
-    pub(super) async fn switch_image(&mut self, switch: Switch, signals: &mut Signals) {
-        let Switch { client, file } = switch;
-        let exe = self.image.exe.display().to_string();
-        // Tests: a pause with the decision taken, to signal the old image.
-        fail::fail_point!("supervisor-before-exec");
-        let error = match signals.hold_for_exec().await {
-            Ok(()) => self.reexec(&file),
-            Err(error) => error,
-        };
-        if let Err(error) = Signals::release() {
-            tracing::error!(%error, "cannot release the signals held for the exec");
-        }
-        self.self_upgrade_failed(&client, format!("cannot re-execute {exe}: {error}"));
-    }
-
-    fn self_upgrade_refusal(&self) -> Option<String> {
-        if self.slot() != Slot::Serving {
-            return Some(format!(
-                "the child is not simply serving ({})",
-                self.slot().name()
-            ));
-        }
-        if !self.draining.is_empty() || !self.settling.is_empty() || !self.orphans.is_empty() {
-            return Some("old children are still draining; try again when they are gone".into());
-        }
-        if self.failures_pending > 0 || self.current.is_none() {
-            return Some("a start is still being reported".into());
-        }
-        None
-    }
-
-    fn self_upgrade_failed(&mut self, client: &Client, message: String) {
-        tracing::warn!(%message, "self-upgrade");
-        push(&mut self.self_upgrades, false, message.clone());
-        crate::metrics::get().self_upgrade(Outcome::Refused);
-        done(client, false, format!("supervisor upgrade {message}"));
-    }
-
     /// Execs `file` with the state (the signals held by the caller);
     /// returns only if the exec failed.
-    fn reexec(&mut self, file: &File) -> io::Error {
+    pub(super) fn reexec(&mut self, file: &File) -> io::Error {
         // The child is ready: its private notify socket (and directory) can go
         // now — nothing would remove them after the exec.
         if let Some(current) = self.current.as_mut() {
@@ -278,45 +164,6 @@ impl Supervisor {
             fallback,
         ))
     }
-}
-
-/// Opens `exe` if it is a regular file someone may execute.
-fn open_executable(exe: &std::path::Path) -> Result<File, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = File::open(exe).map_err(|e| format!("cannot be opened: {e}"))?;
-    let metadata = file.metadata().map_err(|e| e.to_string())?;
-    if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
-        return Err("is not an executable file".into());
-    }
-    Ok(file)
-}
-
-/// Runs the pinned `file` to ask its state version.
-async fn check(file: &File) -> Result<(), String> {
-    let run = tokio::process::Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .arg("supervisor-state-version")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(CHECK_TIMEOUT, run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) => return Err(format!("cannot be run: {error}")),
-        Err(_) => return Err(format!("did not answer within {CHECK_TIMEOUT:?}")),
-    };
-    let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() {
-        return Err(format!(
-            "is not a handover that can take this state: asked its state version, it {}",
-            output.status
-        ));
-    }
-    if said != STATE_VERSION {
-        return Err(format!(
-            "cannot read this state: it says {said:?}, this supervisor writes {STATE_VERSION:?}"
-        ));
-    }
-    Ok(())
 }
 
 /// The state a previous image left, if this process is one's re-exec

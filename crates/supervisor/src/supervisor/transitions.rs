@@ -13,11 +13,9 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::{Event, Parts, Receivers, Request, Slot, Stage, Supervisor};
 use crate::config::{Config, ReadyMode};
-use crate::control::Reply;
+use crate::control::{Answers, Reply};
 use crate::error::NotReady;
 use crate::fdstore::FdStore;
 use crate::listeners::Listeners;
@@ -99,8 +97,8 @@ impl Harness {
     }
 
     /// Sends a control order; the receiver of its replies.
-    fn order(&mut self, request: Request) -> mpsc::UnboundedReceiver<Reply> {
-        let (send, receive) = mpsc::unbounded_channel();
+    fn order(&mut self, request: Request) -> Answers {
+        let (send, receive) = crate::control::replies();
         self.supervisor.handle(Event::Order(request, send));
         receive
     }
@@ -175,11 +173,11 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// Every reply so far; the last one says how the request ended.
-fn replies(receive: &mut mpsc::UnboundedReceiver<Reply>) -> Vec<Reply> {
-    std::iter::from_fn(|| receive.try_recv().ok()).collect()
+fn replies(receive: &mut Answers) -> Vec<Reply> {
+    std::iter::from_fn(|| receive.try_recv()).collect()
 }
 
-fn last_done(receive: &mut mpsc::UnboundedReceiver<Reply>) -> (bool, String) {
+fn last_done(receive: &mut Answers) -> (bool, String) {
     match replies(receive).pop() {
         Some(Reply::Done { ok, message }) => (ok, message),
         other => panic!("no final reply: {other:?}"),
@@ -346,4 +344,73 @@ async fn with_the_rescue_on_the_old_child_is_stopped_once_its_capture_reports() 
     assert_eq!(h.supervisor.draining[0].stage, Stage::Stopped);
     h.exited(old);
     assert!(h.supervisor.draining.is_empty());
+}
+
+#[tokio::test]
+async fn a_self_upgrade_asked_for_during_an_upgrade_waits_until_the_old_child_is_gone() {
+    let mut h = Harness::serving(Duration::ZERO);
+    let old = h.current();
+    let _upgrade = h.order(Request::Upgrade);
+    let mut client = h.order(Request::UpgradeSupervisor);
+    let said = format!("{:?}", replies(&mut client));
+    assert!(
+        said.contains("waiting") && said.contains("upgrading"),
+        "{said}"
+    );
+    h.supervisor.handle(Event::Ready(Ok(())));
+    let said = format!("{:?}", replies(&mut client));
+    assert!(
+        h.supervisor.self_upgrade_waiting.is_some(),
+        "the old child drains: {said}"
+    );
+    h.exited(old);
+    // Simply serving now: the binary (this test's) is checked, and refused
+    // since it is no supervisor.
+    assert!(h.supervisor.self_upgrade_waiting.is_none());
+    let said = format!("{:?}", replies(&mut client));
+    assert!(said.contains("checking"), "{said}");
+    let checked = tokio::time::timeout(Duration::from_secs(10), h.receivers.checks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    h.supervisor.handle(Event::SelfChecked(checked));
+    let (ok, message) = last_done(&mut client);
+    assert!(
+        !ok && message.contains("cannot read this state"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_self_upgrade_gives_up_at_its_bound_and_a_second_one_is_refused() {
+    let mut h = Harness::serving(Duration::from_secs(3600));
+    let _upgrade = h.order(Request::Upgrade);
+    let mut client = h.order(Request::UpgradeSupervisor);
+    let (ok, message) = last_done(&mut h.order(Request::UpgradeSupervisor));
+    assert!(
+        !ok && message.contains("another supervisor upgrade is waiting"),
+        "{message}"
+    );
+    h.supervisor.handle(Event::Tick);
+    assert!(replies(&mut client)
+        .iter()
+        .all(|r| !matches!(r, Reply::Done { .. })));
+    h.supervisor.self_upgrade_waiting.as_mut().unwrap().until = Instant::now();
+    h.supervisor.handle(Event::Tick);
+    let (ok, message) = last_done(&mut client);
+    assert!(!ok && message.contains("still after waiting"), "{message}");
+    assert!(
+        message.contains("upgrading"),
+        "what it waited for: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_self_upgrade_is_refused_when_the_supervisor_stops() {
+    let mut h = Harness::serving(Duration::ZERO);
+    let _upgrade = h.order(Request::Upgrade);
+    let mut client = h.order(Request::UpgradeSupervisor);
+    let _stop = h.order(Request::Stop);
+    let (ok, message) = last_done(&mut client);
+    assert!(!ok && message.contains("stopping"), "{message}");
 }
