@@ -255,6 +255,10 @@ fn handle(channel: &Channel, orders: &mpsc::Sender<Order>) {
     }
     while let Some(answer) = answers.blocking_recv() {
         let last = !matches!(answer.0, Reply::Progress { .. });
+        if last {
+            // Tests: a slow client thread, whose answer an exec must wait for.
+            fail::fail_point!("control-before-final-reply");
+        }
         if wire::reply(channel, &answer.0.to_wire()).is_err() || last {
             break; // written the answer, or the client went away (the request goes on)
         }
