@@ -235,8 +235,16 @@ pub fn upgrade_supervisor(args: ClientArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .unwrap_or_default()
     };
+    // Which image answers (an older one says nothing: its history's length
+    // stands in, which stops growing at its bound).
+    let image = |status: &serde_json::Map<String, serde_json::Value>| {
+        (
+            status.get("image").and_then(|v| v.as_u64()),
+            self_upgrades(status).len(),
+        )
+    };
     let before = match control::request(&path, Request::Status, Duration::from_secs(10), |_| {}) {
-        Ok(Reply::Status(status)) => self_upgrades(&status).len(),
+        Ok(Reply::Status(status)) => image(&status),
         Ok(_) => anyhow::bail!("{} did not answer status", path.display()),
         Err(error) => anyhow::bail!("cannot reach {}: {error}", path.display()),
     };
@@ -262,8 +270,13 @@ pub fn upgrade_supervisor(args: ClientArgs) -> anyhow::Result<ExitCode> {
         if let Ok(Reply::Status(status)) =
             control::request(&path, Request::Status, Duration::from_secs(5), |_| {})
         {
+            let (now, count) = image(&status);
+            let new_image = match (before, now) {
+                ((None, before_count), None) => count > before_count,
+                ((before, _), now) => now != before,
+            };
             let records = self_upgrades(&status);
-            if records.len() > before {
+            if new_image {
                 let record = records.last().cloned().unwrap_or_default();
                 let ok = record.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
                 let message = record

@@ -477,3 +477,27 @@ fn a_supervisor_upgrade_during_a_child_upgrade_waits_for_it_then_goes_ahead() {
     let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+/// More self-upgrades than the status history holds (it keeps the last 20):
+/// each one's command still tells that the new image answers, and how it
+/// went (it used to count the history's records, which stop growing at 20,
+/// and then waited 30 s and failed).
+#[test]
+fn more_self_upgrades_than_the_history_holds_each_report_their_outcome() {
+    let running = Running::start();
+    for round in 0..25 {
+        running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
+        let started = Instant::now();
+        let output = running.client(&["upgrade", "--supervisor"]);
+        let said = text(&output);
+        assert!(output.status.success(), "round {round}: {said}");
+        assert!(said.contains("re-executed"), "round {round}: {said}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {round} took {:?}",
+            started.elapsed()
+        );
+    }
+    let status = running.status().unwrap();
+    assert_eq!(status["self_upgrades"].as_array().unwrap().len(), 20);
+}

@@ -19,7 +19,7 @@ use handover_wire::channel::{Channel, Listener};
 use handover_wire::control::{self as wire, Reply as WireReply, Request as WireRequest};
 use handover_wire::hello::Offer;
 use handover_wire::peer::Allowed;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::status::Status;
 
@@ -88,13 +88,40 @@ pub type Order = (Request, Replies);
 
 /// Replies sent and not yet written to their clients, over all clients.
 static UNWRITTEN: AtomicUsize = AtomicUsize::new(0);
+/// Told when [`UNWRITTEN`] drops to 0.
+static ALL_WRITTEN: Notify = Notify::const_new();
 
 /// How many replies the event loop has sent that no client's thread has
-/// written yet. A self-upgrade lets them out before its exec ends those
-/// threads (an upgrade's final answer is often sent in the very event that
-/// lets a waiting self-upgrade go ahead).
+/// written yet.
 pub fn unwritten() -> usize {
     UNWRITTEN.load(Ordering::SeqCst)
+}
+
+/// Resolves once every reply sent so far is written, or after `limit`. A
+/// self-upgrade waits for this before its exec ends the client threads (an
+/// upgrade's final answer is often sent in the very event that lets a waiting
+/// self-upgrade go ahead).
+pub async fn written(limit: Duration) {
+    let all_written = async {
+        loop {
+            let notified = ALL_WRITTEN.notified();
+            tokio::pin!(notified);
+            // Listening before looking: a drop to 0 in between is not missed.
+            notified.as_mut().enable();
+            if unwritten() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, all_written).await;
+}
+
+/// One reply written (or given up).
+fn one_written() {
+    if UNWRITTEN.fetch_sub(1, Ordering::SeqCst) == 1 {
+        ALL_WRITTEN.notify_waiters();
+    }
 }
 
 /// A channel for one request's replies: the event loop's end and the client
@@ -115,7 +142,7 @@ impl Replies {
         UNWRITTEN.fetch_add(1, Ordering::SeqCst);
         let sent = self.0.send(reply).is_ok();
         if !sent {
-            UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+            one_written();
         }
         sent
     }
@@ -141,7 +168,7 @@ impl Answers {
     /// The next reply if there is one (counted as written).
     pub fn try_recv(&mut self) -> Option<Reply> {
         let reply = self.0.try_recv().ok()?;
-        UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        one_written();
         Some(reply)
     }
 }
@@ -151,7 +178,7 @@ impl Drop for Answers {
         // What was sent and will never be written is not waited for.
         self.0.close();
         while self.0.try_recv().is_ok() {
-            UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+            one_written();
         }
     }
 }
@@ -162,7 +189,7 @@ pub struct Answer(pub Reply);
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        UNWRITTEN.fetch_sub(1, Ordering::SeqCst);
+        one_written();
     }
 }
 

@@ -32,6 +32,22 @@ pub struct Status {
     /// The last self-upgrades (`handover upgrade --supervisor`), newest last.
     #[serde(default)]
     pub self_upgrades: Vec<Record>,
+    /// Which image of the supervisor answers: a number that changes with each
+    /// exec of a self-upgrade and with nothing else (the image's start, in ns
+    /// since the epoch). `handover upgrade --supervisor` tells by it that a new
+    /// image answers; the history above is bounded, so its length cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<u64>,
+}
+
+/// This image's number for [`Status::image`], fixed at the first call.
+pub(crate) fn this_image() -> u64 {
+    static IMAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *IMAGE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    })
 }
 
 /// One socket.

@@ -223,6 +223,7 @@ pub async fn run(config: Config) -> Result<i32, Error> {
     // Fail points from FAILPOINTS, in test builds only (feature `failpoints`).
     std::mem::forget(fail::FailScenario::setup());
     let image = reexec::Image::current();
+    crate::status::this_image();
     let start = match reexec::take_saved() {
         Some((text, rollback)) => {
             let restored =
@@ -789,6 +790,7 @@ impl Supervisor {
             stopping: self.stopping,
             slot: self.slot().name().to_owned(),
             self_upgrades: self.self_upgrades.iter().cloned().collect(),
+            image: Some(crate::status::this_image()),
         }
     }
 

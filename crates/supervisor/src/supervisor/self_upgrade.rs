@@ -193,10 +193,7 @@ impl Supervisor {
         // The replies already sent (this request's "re-executing", another
         // request's final answer) are written by the control threads, which
         // the exec ends: let them out first, for a second at most.
-        let deadline = Instant::now() + REPLIES_LIMIT;
-        while crate::control::unwritten() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        crate::control::written(REPLIES_LIMIT).await;
         // Tests: a pause with the decision taken, to signal the old image.
         fail::fail_point!("supervisor-before-exec");
         let error = match signals.hold_for_exec().await {
