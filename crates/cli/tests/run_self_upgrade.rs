@@ -98,6 +98,20 @@ impl Running {
         std::fs::rename(&staging, &self.exe).unwrap();
     }
 
+    /// `workers` clients that never retry, a fresh connection per request,
+    /// once they have had `answers` answers.
+    fn load(&self, workers: usize, answers: usize) -> FreshLoad {
+        let addr = self.status().unwrap()["sockets"][0]["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let began = Instant::now();
+        let load = FreshLoad::start(addr, workers);
+        load.wait_for_answers_after(began, answers);
+        load
+    }
+
     /// Waits until the upgrade a SIGUSR2 asked for has replaced `child`, in
     /// the same supervisor.
     fn wait_for_the_usr2_upgrade(&self, child: u32) {
@@ -123,6 +137,14 @@ impl Running {
     }
 }
 
+/// Stops `load`; its answers, none of them a failure.
+fn none_failed(load: FreshLoad) -> Vec<run_support::fresh::Answer> {
+    let answers = load.stop();
+    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    answers
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let mut children = descendants(self.process.id());
@@ -140,14 +162,7 @@ fn the_supervisor_upgrades_itself_ten_times_under_load_and_refuses_broken_binari
     let running = Running::start();
     let supervisor = running.process.id();
     let child = running.current();
-    let addr = running.status().unwrap()["sockets"][0]["address"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let began = Instant::now();
-    let load = FreshLoad::start(addr, 3);
-    load.wait_for_answers_after(began, 30);
+    let load = running.load(3, 30);
 
     let mut took = Vec::new();
     for round in 0..10 {
@@ -216,9 +231,7 @@ fn the_supervisor_upgrades_itself_ten_times_under_load_and_refuses_broken_binari
     assert!(output.status.success(), "{}", text(&output));
     assert_ne!(running.current(), child, "replaced when asked");
 
-    let answers = load.stop();
-    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    let answers = none_failed(load);
     assert!(answers.len() > 100);
     let output = running.client(&["stop"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -239,14 +252,7 @@ fn a_new_image_that_cannot_take_the_state_hands_back_to_the_previous_one() {
     )]);
     let supervisor = running.process.id();
     let child = running.current();
-    let addr = running.status().unwrap()["sockets"][0]["address"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let began = Instant::now();
-    let load = FreshLoad::start(addr, 2);
-    load.wait_for_answers_after(began, 20);
+    let load = running.load(2, 20);
 
     for round in 0..3 {
         running.install(|staging| copy_executable(Path::new(HANDOVER), staging));
@@ -274,9 +280,7 @@ fn a_new_image_that_cannot_take_the_state_hands_back_to_the_previous_one() {
     }
     let after = Instant::now();
     load.wait_for_answers_after(after, 20);
-    let answers = load.stop();
-    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    none_failed(load);
     // A child upgrade still works.
     let output = running.client(&["upgrade"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -422,14 +426,7 @@ fn a_supervisor_upgrade_during_a_child_upgrade_waits_for_it_then_goes_ahead() {
         Running::start_with_env(&[("FAILPOINTS", "control-before-final-reply=sleep(300)")]);
     let supervisor = running.process.id();
     let first = running.current();
-    let addr = running.status().unwrap()["sockets"][0]["address"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let began = Instant::now();
-    let load = FreshLoad::start(addr, 3);
-    load.wait_for_answers_after(began, 30);
+    let load = running.load(3, 30);
     let child_upgrade = {
         let (handover, pid_file) = (HANDOVER, running.pid_file.clone());
         std::thread::spawn(move || {
@@ -473,9 +470,7 @@ fn a_supervisor_upgrade_during_a_child_upgrade_waits_for_it_then_goes_ahead() {
     assert_eq!(status["draining"].as_array().unwrap().len(), 0, "{status}");
     assert_eq!(status["self_upgrades"].as_array().unwrap().len(), 1);
     running.current(); // the new child, ended at drop
-    let answers = load.stop();
-    let failed: Vec<_> = answers.iter().filter(|a| a.pid.is_err()).collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    none_failed(load);
 }
 
 /// More self-upgrades than the status history holds (it keeps the last 20):
