@@ -203,6 +203,9 @@ fn send_all(give: &Give, channel: &Channel) -> Result<String, handover_wire::Err
             Ok(answer) => answer,
             Err(error) => {
                 let why = format!("the successor did not answer batch {batch}: {error}");
+                // Closed before anyone hears of the failure: whoever does
+                // then sees that no more connections migrate.
+                give.close(&why);
                 for request in requests {
                     request.answer(Err(why.clone()));
                 }
