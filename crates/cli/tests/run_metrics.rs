@@ -55,7 +55,10 @@ fn the_supervisors_counters_say_what_happened() {
         &["python3", server.to_str().unwrap()],
     );
     let before = metrics(&supervisor);
-    assert_eq!(before.get("handover_upgrades_total{result=\"ok\"}"), None);
+    assert_eq!(
+        before.get("handover_upgrades_total{result=\"ok\",reason=\"ready\"}"),
+        None
+    );
     assert_eq!(before["handover_rollbacks_total"], 0.0);
 
     // 1. An upgrade that commits; while its old child is on probation, a
@@ -94,17 +97,17 @@ fn the_supervisors_counters_say_what_happened() {
     let after = metrics(&supervisor);
     let n = |series: &str| after.get(series).copied().unwrap_or(0.0);
     assert_eq!(
-        n("handover_upgrades_total{result=\"ok\"}"),
+        n("handover_upgrades_total{result=\"ok\",reason=\"ready\"}"),
         2.0,
         "{after:#?}"
     );
     assert_eq!(
-        n("handover_upgrades_total{result=\"failed\"}"),
+        n("handover_upgrades_total{result=\"failed\",reason=\"exited\"}"),
         1.0,
         "{after:#?}"
     );
     assert_eq!(
-        n("handover_upgrades_total{result=\"refused\"}"),
+        n("handover_upgrades_total{result=\"refused\",reason=\"max_draining\"}"),
         1.0,
         "{after:#?}"
     );

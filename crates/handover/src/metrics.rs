@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels | counts |
 //! |---|---|---|---|
-//! | `handover_upgrades_total` | counter | `mode` (`reexec`, `takeover`), `result` (`ok`, `failed`, `refused`) | upgrades this process started or was asked for: committed, rolled back (the successor died, hung, was not ready), or refused (one under way, not ready, draining) |
+//! | `handover_upgrades_total` | counter | `mode` (`reexec`, `takeover`), `result` (`ok`, `failed`, `refused`), `reason` (`ready` for ok; `upgrade_in_progress`, `reload_in_progress`, `not_ready`, `draining` for refused; `spawn_failed`, `exited`, `ready_timeout`, `stopping`, `lost`, `hand_over_failed`, `other` for failed) | upgrades this process started or was asked for: committed, rolled back (the successor died, hung, was not ready), or refused (one under way, not ready, draining) |
 //! | `handover_rollbacks_total` | counter | | successors that died on probation, after which this process served again |
 //! | `handover_upgrade_duration_seconds` | histogram | `mode` | from the upgrade's start to its commit (the successor's start-up, mostly) |
 //! | `handover_drain_duration_seconds` | histogram | | a drain: from the wait's start until no connection is left, or the deadline |
@@ -73,10 +73,80 @@ impl Outcome {
     }
 }
 
+/// Why an upgrade ended as it did: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// `ok`: the successor was ready (or took the sockets over).
+    Ready,
+    /// `refused`: an upgrade or takeover is under way.
+    UpgradeInProgress,
+    /// `refused`: a reload is under way.
+    ReloadInProgress,
+    /// `refused`: this process has not called `ready()` yet.
+    NotReady,
+    /// `refused`: this process drains.
+    Draining,
+    /// `failed`: the successor could not be started.
+    SpawnFailed,
+    /// `failed`: it exited, or was killed, before it was ready.
+    Exited,
+    /// `failed`: it was not ready within the ready timeout.
+    ReadyTimeout,
+    /// `failed`: this process began stopping meanwhile.
+    Stopping,
+    /// `failed`: the successor could not be watched.
+    Lost,
+    /// `failed`: the takeover's exchange broke off.
+    HandOverFailed,
+    /// `failed`: anything else (an fd or memfd could not be made, …).
+    Other,
+}
+
+impl Reason {
+    /// The label value: what the table in the module docs says.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Ready => "ready",
+            Reason::UpgradeInProgress => "upgrade_in_progress",
+            Reason::ReloadInProgress => "reload_in_progress",
+            Reason::NotReady => "not_ready",
+            Reason::Draining => "draining",
+            Reason::SpawnFailed => "spawn_failed",
+            Reason::Exited => "exited",
+            Reason::ReadyTimeout => "ready_timeout",
+            Reason::Stopping => "stopping",
+            Reason::Lost => "lost",
+            Reason::HandOverFailed => "hand_over_failed",
+            Reason::Other => "other",
+        }
+    }
+
+    /// Why `upgrade()` returned `error`.
+    pub(crate) fn of(error: &crate::Error) -> Reason {
+        use crate::error::SuccessorFailure;
+        use crate::Error;
+        match error {
+            Error::UpgradeInProgress(_) => Reason::UpgradeInProgress,
+            Error::ReloadInProgress => Reason::ReloadInProgress,
+            Error::NotReady => Reason::NotReady,
+            Error::Draining(_) => Reason::Draining,
+            Error::Spawn { .. } => Reason::SpawnFailed,
+            Error::SuccessorFailed { why, .. } => match why {
+                SuccessorFailure::Exited(_) | SuccessorFailure::Signaled(_) => Reason::Exited,
+                SuccessorFailure::Timeout(_) => Reason::ReadyTimeout,
+                SuccessorFailure::Aborted => Reason::Stopping,
+                SuccessorFailure::Lost(_) => Reason::Lost,
+            },
+            _ => Reason::Other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpgradeLabels {
     mode: &'static str,
     result: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,7 +194,7 @@ impl Metrics {
             upgrades: register(
                 &mut r,
                 "upgrades",
-                "Upgrades by mode and result",
+                "Upgrades by mode, result and reason",
                 Family::default(),
             ),
             rollbacks: register(
@@ -172,10 +242,20 @@ impl Metrics {
         shared::encode(&self.registry)
     }
 
-    pub(crate) fn upgrade(&self, mode: Mode, result: Outcome, took: Option<Duration>) {
-        let (mode, result) = (mode.label(), result.label());
+    pub(crate) fn upgrade(
+        &self,
+        mode: Mode,
+        result: Outcome,
+        reason: Reason,
+        took: Option<Duration>,
+    ) {
+        let (mode, result, reason) = (mode.label(), result.label(), reason.label());
         self.upgrades
-            .get_or_create(&UpgradeLabels { mode, result })
+            .get_or_create(&UpgradeLabels {
+                mode,
+                result,
+                reason,
+            })
             .inc();
         if let Some(took) = took {
             self.upgrade_duration
@@ -219,5 +299,34 @@ impl crate::Handover {
     /// the application's own.
     pub fn metrics(&self) -> String {
         get().encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+    use crate::error::SuccessorFailure;
+    use crate::Error;
+    use std::time::Duration;
+
+    #[test]
+    fn an_upgrade_error_names_its_reason() {
+        let failed = |why| Error::SuccessorFailed { pid: 7, why };
+        let cases = [
+            (Error::NotReady, Reason::NotReady),
+            (Error::UpgradeInProgress(7), Reason::UpgradeInProgress),
+            (Error::ReloadInProgress, Reason::ReloadInProgress),
+            (failed(SuccessorFailure::Exited(1)), Reason::Exited),
+            (failed(SuccessorFailure::Signaled(9)), Reason::Exited),
+            (
+                failed(SuccessorFailure::Timeout(Duration::from_secs(1))),
+                Reason::ReadyTimeout,
+            ),
+            (failed(SuccessorFailure::Aborted), Reason::Stopping),
+            (Error::State("bad".into()), Reason::Other),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(Reason::of(&error), reason, "{error}");
+        }
     }
 }

@@ -47,7 +47,7 @@ use handover_wire::{batch, hello, state, Message};
 use sd_notify::NotifyState;
 
 use crate::handover::Inner;
-use crate::metrics::{Mode, Outcome};
+use crate::metrics::{Mode, Outcome, Reason};
 use crate::upgrade::{drain_for, name_main, Phase};
 use crate::{Error, Handover, Result};
 use handover_mechanism::protocol::env::InheritedFd;
@@ -390,17 +390,27 @@ fn take_over_by(
         let mut phase = inner.phase();
         let refusal = match *phase {
             Phase::Serving => None,
-            Phase::Upgrading { successor } => Some(format!(
-                "busy: an upgrade or takeover is already under way (pid {successor})"
+            Phase::Upgrading { successor } => Some((
+                Reason::UpgradeInProgress,
+                format!("busy: an upgrade or takeover is already under way (pid {successor})"),
             )),
-            Phase::Reloading => Some("busy: a reload is under way".to_owned()),
-            other => Some(format!("this process is not serving ({other:?})")),
+            Phase::Reloading => Some((
+                Reason::ReloadInProgress,
+                "busy: a reload is under way".to_owned(),
+            )),
+            other => Some((
+                match other {
+                    Phase::Starting => Reason::NotReady,
+                    _ => Reason::Draining,
+                },
+                format!("this process is not serving ({other:?})"),
+            )),
         };
-        if let Some(why) = refusal {
+        if let Some((reason, why)) = refusal {
             drop(phase);
             tracing::warn!(peer = pid, %why, "takeover refused");
             control::refuse_after_reading(channel, &handover_wire::Error::Busy(why));
-            crate::metrics::get().upgrade(Mode::Takeover, Outcome::Refused, None);
+            crate::metrics::get().upgrade(Mode::Takeover, Outcome::Refused, reason, None);
             return;
         }
         *phase = Phase::Upgrading { successor: pid };
@@ -434,10 +444,16 @@ fn take_over_by(
         Ok(give)
     });
     if handed.is_ok() {
-        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Ok, Some(started.elapsed()));
+        let took = Some(started.elapsed());
+        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Ok, Reason::Ready, took);
         crate::probation::start(handover, crate::probation::Successor::Other(pid));
     } else {
-        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Failed, None);
+        let reason = if inner.drain.is_draining() {
+            Reason::Stopping
+        } else {
+            Reason::HandOverFailed
+        };
+        crate::metrics::get().upgrade(Mode::Takeover, Outcome::Failed, reason, None);
     }
     match handed {
         // This thread sends the connections, on the same channel.

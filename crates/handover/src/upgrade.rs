@@ -86,7 +86,7 @@ impl Handover {
     /// why. Blocks for up to the ready timeout; from async code use
     /// `upgrade_async` (feature `tokio`).
     pub fn upgrade(&self) -> Result<u32> {
-        use crate::metrics::{Mode, Outcome};
+        use crate::metrics::{Mode, Outcome, Reason};
         let inner = &*self.inner;
         let started = Instant::now();
         {
@@ -99,7 +99,8 @@ impl Handover {
                 Phase::Draining(reason) => Some(Error::Draining(reason)),
             };
             if let Some(error) = refusal {
-                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Refused, None);
+                let reason = Reason::of(&error);
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Refused, reason, None);
                 return Err(error);
             }
             *phase = Phase::Upgrading { successor: 0 };
@@ -111,12 +112,14 @@ impl Handover {
         match run(inner) {
             Ok(successor) => {
                 let pid = successor.pid();
-                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Ok, Some(started.elapsed()));
+                let took = Some(started.elapsed());
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Ok, Reason::Ready, took);
                 crate::probation::start(self, crate::probation::Successor::Child(successor));
                 Ok(pid)
             }
             Err(error) => {
-                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Failed, None);
+                let reason = Reason::of(&error);
+                crate::metrics::get().upgrade(Mode::Reexec, Outcome::Failed, reason, None);
                 let mut phase = inner.phase();
                 if matches!(*phase, Phase::Upgrading { .. }) {
                     *phase = Phase::Serving;

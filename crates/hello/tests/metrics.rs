@@ -101,12 +101,12 @@ fn the_librarys_counters_say_what_happened_and_start_again_in_each_new_version()
         "{after:#?}"
     );
     assert_eq!(
-        n("handover_upgrades_total{mode=\"reexec\",result=\"failed\"}"),
+        n("handover_upgrades_total{mode=\"reexec\",result=\"failed\",reason=\"exited\"}"),
         1.0,
         "{after:#?}"
     );
     assert_eq!(
-        n("handover_upgrades_total{mode=\"reexec\",result=\"ok\"}"),
+        n("handover_upgrades_total{mode=\"reexec\",result=\"ok\",reason=\"ready\"}"),
         1.0,
         "{after:#?}"
     );

@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels | counts |
 //! |---|---|---|---|
-//! | `handover_upgrades_total` | counter | `result`: `ok` (committed: the new child was ready), `failed` (it exited, was not ready, could not start), `refused` (one under way, `--max-draining`, stopping) | child upgrades |
+//! | `handover_upgrades_total` | counter | `result`: `ok` (committed: the new child was ready), `failed` (it exited, was not ready, could not start), `refused` (one under way, `--max-draining`, stopping); `reason`: `ready` (ok); `spawn_failed`, `exited`, `ready_timeout`, `probe_failed`, `stopping` (failed); `upgrade_in_progress`, `max_draining`, `no_child`, `stopping` (refused) | child upgrades |
 //! | `handover_rollbacks_total` | counter | | committed upgrades whose new child died on probation, the old one serving again (counted as `ok` above too: they were committed) |
 //! | `handover_child_restarts_total` | counter | | current children that crashed and were restarted |
 //! | `handover_upgrade_duration_seconds` | histogram | | an upgrade's new child, its start to its readiness (the hand-over; first starts and restarts are not counted) |
@@ -57,6 +57,56 @@ impl Outcome {
     }
 }
 
+/// Why a child upgrade ended as it did: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// `ok`: the new child was ready.
+    Ready,
+    /// `failed`: the new child could not be started.
+    SpawnFailed,
+    /// `failed`: it exited, or was killed, before it was ready.
+    Exited,
+    /// `failed`: it was not ready within `--ready-timeout`.
+    ReadyTimeout,
+    /// `failed`: its readiness could not be checked.
+    ProbeFailed,
+    /// `failed` (it was abandoned) or `refused`: the supervisor is stopping.
+    Stopping,
+    /// `refused`: an upgrade or a restart is already under way.
+    UpgradeInProgress,
+    /// `refused`: `--max-draining` old children are still draining.
+    MaxDraining,
+    /// `refused`: no child runs (it crashed and is being restarted).
+    NoChild,
+    /// A rollback (counted in `handover_rollbacks_total`, unlabelled): the
+    /// new child died on probation.
+    DiedOnProbation,
+}
+
+impl Reason {
+    /// The label value: what the table in the module docs says.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Ready => "ready",
+            Reason::SpawnFailed => "spawn_failed",
+            Reason::Exited => "exited",
+            Reason::ReadyTimeout => "ready_timeout",
+            Reason::ProbeFailed => "probe_failed",
+            Reason::Stopping => "stopping",
+            Reason::UpgradeInProgress => "upgrade_in_progress",
+            Reason::MaxDraining => "max_draining",
+            Reason::NoChild => "no_child",
+            Reason::DiedOnProbation => "died_on_probation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
@@ -65,7 +115,7 @@ struct OutcomeLabel {
 /// The supervisor's counters.
 pub(crate) struct Metrics {
     registry: Registry,
-    upgrades: Family<ResultLabel, Counter>,
+    upgrades: Family<UpgradeLabels, Counter>,
     rollbacks: Counter,
     restarts: Counter,
     upgrade_duration: Histogram,
@@ -82,7 +132,7 @@ impl Metrics {
             upgrades: register(
                 &mut r,
                 "upgrades",
-                "Child upgrades by result",
+                "Child upgrades by result and reason",
                 Family::default(),
             ),
             rollbacks: register(
@@ -136,14 +186,16 @@ impl Metrics {
         shared::encode(&self.registry)
     }
 
-    /// An upgrade ended: counted by result, or, for a committed one rolled
-    /// back, as a rollback (it was counted `ok` at its commit).
-    pub(crate) fn upgrade(&self, outcome: Outcome) {
+    /// An upgrade ended: counted by result and reason, or, for a committed
+    /// one rolled back, as a rollback (it was counted `ok` at its commit).
+    pub(crate) fn upgrade(&self, outcome: Outcome, reason: Reason) {
         match outcome {
             Outcome::RolledBack => self.rollbacks.inc(),
             _ => {
-                let result = outcome.label();
-                self.upgrades.get_or_create(&ResultLabel { result }).inc()
+                let (result, reason) = (outcome.label(), reason.label());
+                self.upgrades
+                    .get_or_create(&UpgradeLabels { result, reason })
+                    .inc()
             }
         };
     }

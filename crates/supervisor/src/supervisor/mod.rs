@@ -36,7 +36,7 @@ use crate::error::{Error, NotReady};
 use crate::fdstore::FdStore;
 use crate::generation::Generation;
 use crate::listeners::{Listeners, RouteRequest};
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Reason};
 use crate::rescue;
 use crate::status::{ChildStatus, Record, Status};
 use handover_mechanism::protocol::env::read_inheritance;
@@ -458,9 +458,11 @@ impl Supervisor {
             Event::Stop { fast } => self.stop(fast),
             Event::ChildExited => self.reap(),
             Event::Ready(Ok(())) => self.commit(),
-            Event::Ready(Err(why)) => {
-                self.fail_starting(format!("could not be checked for readiness: {why}"), false)
-            }
+            Event::Ready(Err(why)) => self.fail_starting(
+                Reason::ProbeFailed,
+                format!("could not be checked for readiness: {why}"),
+                false,
+            ),
             Event::Rescued(report) => self.rescued(report),
             Event::StartFailed(failed) => self.start_failed(failed),
             Event::SelfChecked(checked) => self.self_checked(checked),
@@ -496,7 +498,11 @@ impl Supervisor {
             .as_ref()
             .and_then(|s| s.generation.child.exited().ok().flatten());
         if let Some(status) = starting_exit {
-            self.fail_starting(format!("{status} before it was ready"), true);
+            self.fail_starting(
+                Reason::Exited,
+                format!("{status} before it was ready"),
+                true,
+            );
         }
         let current_exit = self
             .current
@@ -567,7 +573,11 @@ impl Supervisor {
         );
         tracing::error!(%message);
         push(&mut self.crashes, false, message.clone());
-        self.record_upgrade(Outcome::RolledBack, message.clone());
+        self.record_upgrade(
+            Outcome::RolledBack,
+            Reason::DiedOnProbation,
+            message.clone(),
+        );
         done(&old.client, false, format!("upgrade failed: {message}"));
         self.current = Some(old.generation);
         self.release_unused_epochs();
@@ -620,7 +630,7 @@ impl Supervisor {
                 "was not ready within {}",
                 humantime::format_duration(self.config.ready_timeout)
             );
-            self.fail_starting(why, false);
+            self.fail_starting(Reason::ReadyTimeout, why, false);
         }
         if self.slot().restart_due(now) {
             self.respawn_at = None;
@@ -681,7 +691,11 @@ impl Supervisor {
         self.stopping = true;
         self.respawn_at = None;
         if self.starting.is_some() {
-            self.fail_starting("was abandoned: the supervisor is stopping".into(), false);
+            self.fail_starting(
+                Reason::Stopping,
+                "was abandoned: the supervisor is stopping".into(),
+                false,
+            );
         }
         if let Some(current) = self.current.take() {
             let _ = current.child.signal(if fast {
@@ -762,8 +776,8 @@ impl Supervisor {
     }
 
     /// Records an upgrade's end, in the history and the counters.
-    fn record_upgrade(&mut self, outcome: Outcome, message: String) {
-        crate::metrics::get().upgrade(outcome);
+    fn record_upgrade(&mut self, outcome: Outcome, reason: Reason, message: String) {
+        crate::metrics::get().upgrade(outcome, reason);
         push(&mut self.upgrades, outcome == Outcome::Ok, message);
     }
 

@@ -16,6 +16,8 @@
 
 use std::time::Instant;
 
+use crate::metrics::Reason;
+
 /// Where the current slot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Slot {
@@ -53,16 +55,18 @@ impl Slot {
 
     /// Why an upgrade cannot start now (`None`: it can, as far as the slot
     /// goes; `--max-draining` is checked apart).
-    pub fn upgrade_refusal(self) -> Option<String> {
+    pub fn upgrade_refusal(self) -> Option<(Reason, String)> {
         match self {
             Slot::Serving => None,
-            Slot::Stopping => Some("the supervisor is stopping".into()),
-            Slot::Starting { new } | Slot::Upgrading { new } => Some(format!(
-                "an upgrade or restart is already under way (new pid {new})"
+            Slot::Stopping => Some((Reason::Stopping, "the supervisor is stopping".into())),
+            Slot::Starting { new } | Slot::Upgrading { new } => Some((
+                Reason::UpgradeInProgress,
+                format!("an upgrade or restart is already under way (new pid {new})"),
             )),
-            Slot::Backoff { .. } => {
-                Some("no child is running (it crashed and is being restarted)".into())
-            }
+            Slot::Backoff { .. } => Some((
+                Reason::NoChild,
+                "no child is running (it crashed and is being restarted)".into(),
+            )),
         }
     }
 
@@ -79,6 +83,7 @@ impl Slot {
             )),
             other => self
                 .upgrade_refusal()
+                .map(|(_, why)| why)
                 .or_else(|| Some(format!("{other:?}"))),
         }
     }
@@ -143,10 +148,14 @@ mod tests {
     fn an_upgrade_starts_only_from_serving() {
         assert_eq!(Slot::Serving.upgrade_refusal(), None);
         let said = |slot: Slot| slot.upgrade_refusal().unwrap();
-        assert!(said(Slot::Stopping).contains("stopping"));
-        assert!(said(Slot::Upgrading { new: 3 }).contains("new pid 3"));
-        assert!(said(Slot::Starting { new: 4 }).contains("new pid 4"));
-        assert!(said(Slot::Backoff { until: None }).contains("being restarted"));
+        let (reason, why) = said(Slot::Stopping);
+        assert!(reason == Reason::Stopping && why.contains("stopping"));
+        let (reason, why) = said(Slot::Upgrading { new: 3 });
+        assert!(reason == Reason::UpgradeInProgress && why.contains("new pid 3"));
+        let (reason, why) = said(Slot::Starting { new: 4 });
+        assert!(reason == Reason::UpgradeInProgress && why.contains("new pid 4"));
+        let (reason, why) = said(Slot::Backoff { until: None });
+        assert!(reason == Reason::NoChild && why.contains("being restarted"));
     }
 
     #[test]

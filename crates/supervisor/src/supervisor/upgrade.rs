@@ -11,13 +11,14 @@ use super::{done, say, Client, Draining, Next, Purpose, Stage, Starting, Supervi
 use super::{FIRST_BACKOFF, HANDOFF_LIMIT};
 use crate::config::ReadyMode;
 use crate::generation::Generation;
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Reason};
 use crate::readiness;
 
 /// A new child that was not committed: why, and the upgrade's client if it
 /// was an upgrade's.
 pub(super) struct StartFailed {
     message: String,
+    reason: Reason,
     upgrade: Option<Client>,
 }
 
@@ -83,26 +84,29 @@ impl Supervisor {
     }
 
     pub(super) fn upgrade(&mut self, client: Client) {
-        let refusal = if let Some(why) = self.slot().upgrade_refusal() {
-            Some(why)
+        let refusal = if let Some(refusal) = self.slot().upgrade_refusal() {
+            Some(refusal)
         } else if self.draining.len() >= self.config.max_draining {
             let pids: Vec<String> = self
                 .draining
                 .iter()
                 .map(|d| d.generation.pid().to_string())
                 .collect();
-            Some(format!(
-                "{} old child(ren) still draining (pid {}), and --max-draining is {}; try again when they exit",
-                self.draining.len(),
-                pids.join(", "),
-                self.config.max_draining
+            Some((
+                Reason::MaxDraining,
+                format!(
+                    "{} old child(ren) still draining (pid {}), and --max-draining is {}; try again when they exit",
+                    self.draining.len(),
+                    pids.join(", "),
+                    self.config.max_draining
+                ),
             ))
         } else {
             None
         };
-        if let Some(message) = refusal {
+        if let Some((reason, message)) = refusal {
             tracing::warn!(%message, "upgrade refused");
-            crate::metrics::get().upgrade(Outcome::Refused);
+            crate::metrics::get().upgrade(Outcome::Refused, reason);
             done(&client, false, format!("upgrade refused: {message}"));
             return;
         }
@@ -120,7 +124,7 @@ impl Supervisor {
             }
             Err(error) => {
                 tracing::error!(%error, "upgrade failed");
-                self.upgrade_failed(&client, error.to_string());
+                self.upgrade_failed(&client, Reason::SpawnFailed, error.to_string());
             }
         }
     }
@@ -157,6 +161,7 @@ impl Supervisor {
                         let old_pid = old.pid();
                         self.record_upgrade(
                             Outcome::Ok,
+                            Reason::Ready,
                             format!(
                                 "pid {old_pid} → {pid}, ready after {:.2}s",
                                 took.as_secs_f64()
@@ -188,6 +193,7 @@ impl Supervisor {
                         self.release_unused_epochs();
                         self.record_upgrade(
                             Outcome::Ok,
+                            Reason::Ready,
                             format!("pid {pid} ready (the old child had exited)"),
                         );
                         done(&client, true, format!("new pid {pid} serving"));
@@ -202,7 +208,7 @@ impl Supervisor {
     /// and was reaped) at once; why, with its last stderr lines, is reported
     /// by a task once they are read (at most 500 ms: the event loop does not
     /// wait for a pipe) — see [`Supervisor::start_failed`].
-    pub(super) fn fail_starting(&mut self, why: String, reaped: bool) {
+    pub(super) fn fail_starting(&mut self, reason: Reason, why: String, reaped: bool) {
         let Some(starting) = self.starting.take() else {
             return;
         };
@@ -229,7 +235,11 @@ impl Supervisor {
                 message.push_str("; last lines of its stderr:\n  ");
                 message.push_str(&tail.join("\n  "));
             }
-            let _ = reports.send(StartFailed { message, upgrade });
+            let _ = reports.send(StartFailed {
+                message,
+                reason,
+                upgrade,
+            });
         });
     }
 
@@ -238,14 +248,14 @@ impl Supervisor {
         self.failures_pending -= 1;
         tracing::error!(message = %failed.message, "child not ready");
         if let Some(client) = failed.upgrade {
-            self.upgrade_failed(&client, failed.message);
+            self.upgrade_failed(&client, failed.reason, failed.message);
         }
     }
 
     /// Records a failed upgrade and tells the client and systemd; the old child
     /// was never touched.
-    fn upgrade_failed(&mut self, client: &Client, message: String) {
-        self.record_upgrade(Outcome::Failed, message.clone());
+    fn upgrade_failed(&mut self, client: &Client, reason: Reason, message: String) {
+        self.record_upgrade(Outcome::Failed, reason, message.clone());
         let reply = format!("upgrade failed: {message}\nthe old child keeps serving");
         done(client, false, reply);
         self.notify_upstream(&[NotifyState::Ready]);
