@@ -43,7 +43,12 @@ fn an_axum_router_is_upgraded_under_keep_alive_load_with_no_failed_request() {
     );
     assert_eq!(report.distinct_pids().len(), 6, "{}", report.summary());
     for connection in &seen {
-        assert_eq!(connection.broken, None, "{seen:#?}");
+        assert_eq!(
+            connection.broken,
+            None,
+            "{seen:#?}\nserver log:\n{}",
+            server.log_text()
+        );
         assert!(connection.pids.len() >= 2, "it moved: {seen:#?}");
     }
     let current = server.current_pid().unwrap();
