@@ -93,7 +93,7 @@ static ALL_WRITTEN: Notify = Notify::const_new();
 
 /// How many replies the event loop has sent that no client's thread has
 /// written yet.
-pub fn unwritten() -> usize {
+fn unwritten() -> usize {
     UNWRITTEN.load(Ordering::SeqCst)
 }
 
@@ -185,7 +185,7 @@ impl Drop for Answers {
 
 /// A reply taken by a client's thread: written (or given up) once dropped.
 #[derive(Debug)]
-pub struct Answer(pub Reply);
+pub struct Answer(Reply);
 
 impl Drop for Answer {
     fn drop(&mut self) {
