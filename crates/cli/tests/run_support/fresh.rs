@@ -22,9 +22,16 @@ pub struct Answer {
 
 /// `GET /` on a new connection, waiting up to 30 s for the answer.
 pub fn ask(addr: SocketAddr) -> Answer {
+    ask_then(addr, || {})
+}
+
+/// [`ask`], calling `connected` once the connection is made or refused.
+pub fn ask_then(addr: SocketAddr, connected: impl FnOnce()) -> Answer {
     let started = Instant::now();
     let pid = (|| {
-        let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(addr);
+        connected();
+        let mut stream = stream.map_err(|e| format!("connect: {e}"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
