@@ -57,7 +57,7 @@ pub struct Held {
     /// Whether its incoming data is held back ([`handover_mechanism::sockets::hold`]).
     pub held_back: bool,
     /// Whether it was between requests when the child got its stop signal
-    /// (set then; see [`Track::idle`]).
+    /// (set then; see [`Track::settled`]).
     pub idle_at_signal: bool,
 }
 
@@ -176,7 +176,7 @@ pub fn capture(
                 fd,
                 inode,
                 target,
-                idle_at_signal: track.idle(&info),
+                idle_at_signal: false, // set when the signal is sent
                 track,
                 held_back,
             });

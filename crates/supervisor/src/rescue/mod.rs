@@ -254,10 +254,10 @@ pub(crate) async fn watch(
     let mut swept = false;
     loop {
         if signalled.is_none()
-            && (pending.iter().all(|c| !c.track.owes()) || started.elapsed() >= SETTLE_LIMIT)
+            && (pending.iter().all(|c| c.track.settled()) || started.elapsed() >= SETTLE_LIMIT)
         {
             for connection in &mut pending {
-                connection.idle_at_signal = !connection.track.owes();
+                connection.idle_at_signal = connection.track.settled();
             }
             signalled = Some(Instant::now());
             let _ = reports.send(Report::Settled { pid });

@@ -20,6 +20,13 @@
 //! looks the answer is assumed to have come last (a request and its response);
 //! a child that answered one request and read half of the next within one
 //! look's interval is the case this cannot see.
+//!
+//! Before the stop signal the watch waits until every connection is
+//! [`Track::settled`]: the child owes nothing, nothing waits unread (a queued
+//! request the child may pick up in the very moment it is told to stop and
+//! closes the connection as idle), and no doubt is left by counters that
+//! cannot tell the order of a request and a response which fell in the same
+//! jiffy (a few looks tell: the child answers, or reads, or neither).
 
 use handover_mechanism::sockets::tcp_info::{ConnectionInfo, TcpState};
 
@@ -34,12 +41,26 @@ pub enum Verdict {
     Lost,
 }
 
+/// How many looks (2 ms apart while the child is letting go) a connection
+/// whose last request and last response share one jiffy stays unsure: long
+/// enough for a child reading a request to be seen reading or answering it,
+/// short enough not to delay the stop signal noticeably.
+const UNSURE_LOOKS: u8 = 5;
+
 /// The counters of one connection as last seen, and whether it owes an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Track {
     consumed: u64,
     sent: u64,
     owes: bool,
+    /// Bytes waited unread at the last look: a request the child may be
+    /// reading right now.
+    unread: bool,
+    /// Looks left before a connection whose last payload came and went within
+    /// one jiffy (the kernel's clock for these counters: 1–10 ms) is taken as
+    /// idle: it may be a request and its answer, or an answer and the next
+    /// request read at once.
+    unsure: u8,
 }
 
 impl Track {
@@ -47,20 +68,18 @@ impl Track {
     /// payload arrived more recently than the last one left, with nothing
     /// unread, is busy: the child is working on what it read.
     pub fn start(info: &ConnectionInfo) -> Track {
+        let read_all = info.unread == 0 && info.consumed() > 0;
         Track {
             consumed: info.consumed(),
             sent: info.bytes_sent,
-            owes: info.unread == 0
-                && info.consumed() > 0
-                && info.ms_since_received < info.ms_since_sent,
+            owes: read_all && info.ms_since_received < info.ms_since_sent,
+            unread: info.unread > 0,
+            unsure: if read_all && info.ms_since_received == info.ms_since_sent {
+                UNSURE_LOOKS
+            } else {
+                0
+            },
         }
-    }
-
-    /// Whether the connection is between requests: the child answered what it
-    /// read and nothing waits unread — the moment a server closing its idle
-    /// connections would close it.
-    pub fn idle(&self, info: &ConnectionInfo) -> bool {
-        !self.owes && info.unread == 0 && info.state == TcpState::Established
     }
 
     /// Whether the child has read bytes it has not answered yet (it is busy
@@ -69,13 +88,26 @@ impl Track {
         self.owes
     }
 
+    /// Whether the connection is surely between requests: the child answered
+    /// what it read, nothing waits unread, and the last look left no doubt —
+    /// the moment a server closing its idle connections can close it without
+    /// a request in its hands.
+    pub fn settled(&self) -> bool {
+        !self.owes && !self.unread && self.unsure == 0
+    }
+
     /// A later look.
     pub fn observe(&mut self, info: &ConnectionInfo) {
         if info.bytes_sent > self.sent {
             self.owes = false;
+            self.unsure = 0;
         } else if info.consumed() > self.consumed {
             self.owes = true;
+            self.unsure = 0;
+        } else {
+            self.unsure = self.unsure.saturating_sub(1);
         }
+        self.unread = info.unread > 0;
         self.consumed = self.consumed.max(info.consumed());
         self.sent = self.sent.max(info.bytes_sent);
     }
@@ -181,6 +213,48 @@ mod tests {
             answered.verdict(&look(Established, 100, 0, 400)),
             Verdict::Rescue
         );
+    }
+
+    #[test]
+    fn a_connection_between_requests_is_settled_at_once() {
+        assert!(Track::start(&look(Established, 100, 0, 300)).settled());
+    }
+
+    #[test]
+    fn a_request_waiting_unread_is_settled_only_once_answered() {
+        let mut track = Track::start(&look(Established, 180, 80, 300));
+        assert!(!track.owes() && !track.settled());
+        // Read, not answered yet: busy.
+        track.observe(&look(Established, 180, 0, 300));
+        assert!(track.owes() && !track.settled());
+        track.observe(&look(Established, 180, 0, 600));
+        assert!(track.settled());
+        // Read and answered between two looks: settled at the next.
+        let mut track = Track::start(&look(Established, 180, 80, 300));
+        track.observe(&look(Established, 180, 0, 600));
+        assert!(track.settled());
+    }
+
+    #[test]
+    fn a_request_and_answer_in_one_jiffy_is_unsure_for_a_few_looks() {
+        let mut same = look(Established, 100, 0, 300);
+        same.ms_since_sent = same.ms_since_received;
+        let mut track = Track::start(&same);
+        assert!(!track.owes() && !track.settled());
+        for _ in 1..UNSURE_LOOKS {
+            track.observe(&same);
+            assert!(!track.settled());
+        }
+        track.observe(&same);
+        assert!(track.settled(), "nothing happened: it was idle");
+        // A child that answers (it was busy) settles it at once ...
+        let mut track = Track::start(&same);
+        track.observe(&look(Established, 100, 0, 400));
+        assert!(track.settled());
+        // ... one that reads more is busy.
+        let mut track = Track::start(&same);
+        track.observe(&look(Established, 150, 0, 300));
+        assert!(track.owes() && !track.settled());
     }
 
     #[test]
